@@ -1,0 +1,206 @@
+"""Start the ranks of one job on this machine when no cluster launcher did.
+
+Lightning's own `ddp` launcher re-runs `sys.argv` in its child processes. Under a Hydra
+multirun that argv holds the whole sweep, so children re-run every job, and a second job
+inherits the first job's LOCAL_RANK and never starts its ranks. We launch instead: the job's
+resolved config goes to `<job dir>/.launch/config.yaml` and `num_nodes x devices` fresh
+processes run `python -m src.launch <that file>` with the torch.distributed variables set,
+like torchrun does. Nothing leaks from one job to the next, and a crashed job cannot take
+the sweep down. `num_nodes > 1` on one machine is emulated: one process group spans all
+"nodes" over loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightning.fabric.plugins.environments import (
+    LSFEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CHILD_FLAG = "SAIH_LAUNCHED"
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def cluster_launched() -> bool:
+    """True when something else already started this process as one rank of many."""
+    # Not a bare LOCAL_RANK: Lightning leaves one behind in os.environ after an in-process
+    # job, and trusting it made the next multirun job run with the wrong world size.
+    if os.environ.get(CHILD_FLAG):
+        return True
+    if any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment)):
+        return True
+    mpi_world = os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))
+    return int(mpi_world) > 1
+
+
+def local_devices(trainer_cfg) -> int:
+    """Processes per node that `trainer.devices` asks for."""
+    devices = trainer_cfg.get("devices", 1)
+    if devices in ("auto", -1, "-1"):
+        if trainer_cfg.get("accelerator") in ("gpu", "cuda"):
+            import torch
+
+            return max(1, torch.cuda.device_count())
+        return 1
+    if isinstance(devices, str) and "," in devices:  # "0,1": a list of device ids
+        return len([d for d in devices.split(",") if d.strip()])
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices)
+    return int(devices)
+
+
+def world_shape(cfg: DictConfig) -> tuple[int, int]:
+    return int(cfg.trainer.get("num_nodes", 1)), local_devices(cfg.trainer)
+
+
+def needs_local_launch(cfg: DictConfig) -> bool:
+    nodes, devices = world_shape(cfg)
+    return nodes * devices > 1 and not cluster_launched()
+
+
+@contextlib.contextmanager
+def isolated_job():
+    """Undo what an in-process job leaves behind (environment variables Lightning sets,
+    a process group) so the next job of a multirun starts clean."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and not cluster_launched():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def free_port(addr: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((addr, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM if the launching process dies (even by SIGKILL).
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def launch_local(cfg: DictConfig) -> Path:
+    """Run the job's ranks as local processes; returns the job dir. Raises LaunchError."""
+    out_dir = Path(cfg.paths.output_dir)
+    nodes, devices = world_shape(cfg)
+    world = nodes * devices
+    if nodes > 1:
+        log.warning("trainer.num_nodes=%d on one machine: the nodes are emulated (shared CPU/GPU, loopback)", nodes)
+    launch_dir = out_dir / ".launch"
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = launch_dir / "config.yaml"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["emulated_nodes"] = nodes > 1
+    cfg_path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+    threads = cfg.launch.get("threads_per_rank") or max(1, (os.cpu_count() or 1) // world)
+    port = free_port(cfg.launch.master_addr)
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ)
+        env.update(
+            {
+                CHILD_FLAG: "1",
+                "MASTER_ADDR": str(cfg.launch.master_addr),
+                "MASTER_PORT": str(port),
+                "WORLD_SIZE": str(world),
+                "NODE_RANK": str(rank // devices),
+                "LOCAL_RANK": str(rank % devices),
+                "OMP_NUM_THREADS": str(threads),
+            }
+        )
+        log_file = None if rank == 0 else open(launch_dir / f"rank{rank}.log", "w")  # noqa: SIM115
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-m", "src.launch", str(cfg_path)],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT if log_file else None,
+                    preexec_fn=_die_with_parent,
+                ),
+                log_file,
+            )
+        )
+    try:
+        _wait(procs, float(cfg.launch.grace_s), launch_dir)
+    except BaseException:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+        raise
+    finally:
+        for _, fh in procs:
+            if fh:
+                fh.close()
+    return out_dir
+
+
+def _wait(procs, grace_s: float, launch_dir: Path) -> None:
+    failed_at = None
+    while True:
+        codes = [p.poll() for p, _ in procs]
+        if all(c is not None for c in codes):
+            break
+        if failed_at is None and any(c not in (None, 0) for c in codes):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            for p, _ in procs:
+                if p.poll() is None:
+                    p.terminate()
+        time.sleep(0.2)
+    bad = [(r, c) for r, c in enumerate(codes) if c != 0]
+    if bad:
+        rank, code = bad[0]
+        where = "the console output above" if rank == 0 else str(launch_dir / f"rank{rank}.log")
+        tail = ""
+        if rank != 0:
+            tail = "\n" + "\n".join((launch_dir / f"rank{rank}.log").read_text().splitlines()[-15:])
+        raise LaunchError(f"rank {rank} exited with code {code}; see {where}{tail}")
+
+
+def main(cfg_path: str) -> None:
+    import torch
+
+    from src.training import fit_job, record_failure
+
+    cfg = OmegaConf.load(cfg_path)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        fit_job(cfg)
+    except Exception as err:
+        if os.environ.get("NODE_RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+            record_failure(Path(cfg.paths.output_dir), err)
+        raise
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main(sys.argv[1])

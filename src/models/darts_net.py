@@ -1,0 +1,97 @@
+"""The medium/large networks: a stack of 3D DARTS cells built from a searched genotype.
+
+`DartsNet(in_channels, input_size, n_params, genotype=..., C=..., n_cells=..., reductions=...)`
+maps [B, C_in, d, d, d] -> [B, n_params] like every network here. `genotype` is a Genotype, a
+dict, or a genotype YAML written by search.py (absolute, or relative to the repository root).
+C / n_cells / reductions / stem_multiplier left as None are read from the file's `network`
+section, i.e. the values the model filter chose for the target FLOPs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from src.models.cosmoflow import DenseHead
+from src.nas.genotype import Genotype, load_genotype_file
+from src.nas.ops import ConvBNAct, FactorizedReduce, make_op
+from src.nas.supernet import default_reductions
+
+
+class Cell(nn.Module):
+    def __init__(self, genotype: Genotype, C_pp: int, C_p: int, C: int, reduction: bool,
+                 reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.pre0 = FactorizedReduce(C_pp, C) if reduction_prev else ConvBNAct(C_pp, C, 1)
+        self.pre1 = ConvBNAct(C_p, C, 1)
+        edges = genotype.reduce if reduction else genotype.normal
+        self.concat = genotype.reduce_concat if reduction else genotype.normal_concat
+        self.steps = len(edges) // 2
+        self.inputs = [j for _, j in edges]
+        self.ops = nn.ModuleList(
+            make_op(op, C, 2 if reduction and j < 2 else 1) for op, j in edges
+        )
+
+    def forward(self, s0, s1):
+        states = [self.pre0(s0), self.pre1(s1)]
+        for i in range(self.steps):
+            a, b = 2 * i, 2 * i + 1
+            states.append(self.ops[a](states[self.inputs[a]]) + self.ops[b](states[self.inputs[b]]))
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class DartsNet(nn.Module):
+    """Stem (k=3 conv at full resolution) -> cells -> global average pool -> DenseHead."""
+
+    def __init__(self, in_channels: int, input_size: int, n_params: int,
+                 genotype: Genotype | dict | str | Path = "genotypes/medium.yaml",
+                 C: int | None = None, n_cells: int | None = None,
+                 reductions: list[int] | None = None, stem_multiplier: int | None = None,
+                 head_hidden=(128, 64), head_dropout: float = 0.0):
+        super().__init__()
+        net_rec: dict = {}
+        if isinstance(genotype, (str, Path)):
+            doc = load_genotype_file(genotype)
+            genotype, net_rec = doc["genotype"], doc["network"]
+        elif isinstance(genotype, dict):
+            if "genotype" in genotype:  # a whole document already loaded
+                net_rec = genotype.get("network", {}) or {}
+                genotype = genotype["genotype"]
+            if not isinstance(genotype, Genotype):
+                genotype = Genotype.from_dict(dict(genotype))
+        C = int(C if C is not None else net_rec.get("C", 16))
+        n_cells = int(n_cells if n_cells is not None else net_rec.get("n_cells", 16))
+        if reductions is None:
+            reductions = net_rec.get("reductions") or default_reductions(n_cells)
+        reductions = [int(r) for r in reductions]
+        if any(not 0 <= r < n_cells for r in reductions):
+            raise ValueError(f"reductions {reductions} outside 0..{n_cells - 1}")
+        stem_multiplier = int(stem_multiplier if stem_multiplier is not None
+                              else net_rec.get("stem_multiplier", 3))
+        self.genotype, self.C, self.n_cells = genotype, C, n_cells
+        self.reductions, self.input_size = reductions, input_size
+
+        C_curr = stem_multiplier * C
+        self.stem = ConvBNAct(in_channels, C_curr, 3, padding=1)
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(n_cells):
+            reduction = i in reductions
+            if reduction:
+                C_curr *= 2
+            cell = Cell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_pp, C_p = C_p, len(cell.concat) * C_curr
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.head = DenseHead(C_p, n_params, hidden=tuple(head_hidden), dropout=head_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.head(self.pool(s1).flatten(1))

@@ -1,0 +1,100 @@
+"""CosmoRegressor: the one LightningModule for parameter regression.
+
+MSE on labels normalised to [-1, 1]; validation MAE per parameter in normalised and physical
+units; Adam with an optional LARS trust ratio; linear warm-up then a configurable decay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from src.models.lars import clip_relative_update_, lars_targets
+
+DECAYS = ("constant", "cosine", "linear")
+
+
+class CosmoRegressor(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        param_names: list[str],
+        param_ranges: dict,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        lars: dict | None = None,
+        warmup_steps: int = 0,
+        decay: str = "cosine",
+        min_lr_ratio: float = 0.01,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if decay not in DECAYS:
+            raise ValueError(f"optim.decay={decay!r}; choose one of {DECAYS}")
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.param_names = list(param_names)
+        # half-widths map a normalised error back to physical units
+        half = [(param_ranges[n][1] - param_ranges[n][0]) / 2.0 for n in self.param_names]
+        self.register_buffer("half_range", torch.tensor(half, dtype=torch.float32), persistent=False)
+        self.lars = dict(lars or {})
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x).float(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        pred = self(x).float()
+        n = len(x)
+        self.log("val/loss", nn.functional.mse_loss(pred, y), prog_bar=True, sync_dist=True, batch_size=n)
+        abs_err = (pred - y).abs().mean(dim=0)
+        for i, name in enumerate(self.param_names):
+            self.log(f"val/mae_{name}_norm", abs_err[i], sync_dist=True, batch_size=n)
+            self.log(f"val/mae_{name}", abs_err[i] * self.half_range[i], sync_dist=True, batch_size=n)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if not self.lars.get("enabled", False):
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        params = lars_targets(self.net.parameters())
+        before = [p.detach().clone() for p in params]
+        out = super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        clip_relative_update_(params, before, self.lars["trust_coefficient"], self.lars.get("eps", 1e-8))
+        return out
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the base learning rate at optimizer step `step` of `total`."""
+        warm = self.hparams.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        if self.hparams.decay == "constant" or total <= warm:
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        floor = self.hparams.min_lr_ratio
+        if self.hparams.decay == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(
+            self.net.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,179 @@
+"""The HDF5 data contract: one file per simulation plus a manifest (docs/contracts.md).
+
+Writers are atomic (temporary name, fsync, rename) so a killed process never leaves a
+truncated file under a final name; readers raise `DataError` naming the culprit file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+CONTRACT_VERSION = "1"
+PARAM_NAMES = ("Omega_M", "sigma_8", "n_s")
+MANIFEST_NAME = "manifest.json"
+FILE_PATTERN = "sim_{:06d}.h5"
+TMP_SUFFIX = ".tmp"
+
+
+class DataError(ValueError):
+    """Bad or inconsistent data on disk; the message names the file."""
+
+
+def sim_filename(sim_id: int) -> str:
+    return FILE_PATTERN.format(int(sim_id))
+
+
+def file_checksum(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_rename(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def write_simulation(path: str | Path, x: np.ndarray, y: np.ndarray, attrs: Mapping) -> dict:
+    """Write one simulation file atomically; returns its `sha256` and `bytes`."""
+    path = Path(path)
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    if x.ndim != 5 or len(set(x.shape[2:])) != 1:
+        raise DataError(f"{path}: x must be [n_sub, C, d, d, d], got shape {tuple(x.shape)}")
+    if y.ndim != 1:
+        raise DataError(f"{path}: y must be [n_params], got shape {tuple(y.shape)}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise DataError(f"{path}: refusing to write NaN/inf values")
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
+            fh.create_dataset("y", data=y)
+            for key, value in attrs.items():
+                fh.attrs[key] = value
+            fh.attrs["contract_version"] = CONTRACT_VERSION
+        _atomic_rename(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: could not write simulation file ({err})") from err
+    return {"sha256": file_checksum(path), "bytes": path.stat().st_size}
+
+
+def read_simulation(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Read a whole simulation file (x, y, attrs); for tests and verification."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            return fh["x"][...], fh["y"][...], dict(fh.attrs)
+    except (OSError, KeyError) as err:
+        raise DataError(f"{path}: not a readable simulation file ({err})") from err
+
+
+def inspect_simulation(path: str | Path) -> dict:
+    """Shapes and labels of a file without reading x (cheap, for set-up checks)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            return {
+                "x_shape": tuple(fh["x"].shape),
+                "y": fh["y"][...].astype(np.float32),
+                "attrs": dict(fh.attrs),
+            }
+    except (OSError, KeyError) as err:
+        raise DataError(f"{path}: corrupt or truncated HDF5 file ({err})") from err
+
+
+def verify_simulation(path: str | Path, entry: Mapping | None = None, full: bool = True) -> None:
+    """Raise DataError unless the file opens, matches its manifest entry and holds finite data."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file listed in the manifest is missing")
+    if entry is not None and entry.get("sha256") and file_checksum(path) != entry["sha256"]:
+        raise DataError(f"{path}: checksum differs from the manifest (corrupt or replaced file)")
+    if full:
+        x, y, _ = read_simulation(path)
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise DataError(f"{path}: contains NaN or inf values")
+    else:
+        inspect_simulation(path)
+
+
+def write_manifest(data_dir: str | Path, manifest: Mapping) -> Path:
+    data_dir = Path(data_dir)
+    final = data_dir / MANIFEST_NAME
+    tmp = data_dir / (MANIFEST_NAME + TMP_SUFFIX)
+    payload = dict(manifest)
+    payload.setdefault("contract_version", CONTRACT_VERSION)
+    payload["files"] = sorted(payload.get("files", []), key=lambda e: int(e["id"]))
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1)
+    _atomic_rename(tmp, final)
+    return final
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    """Load and sanity-check the manifest; every problem names the path."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data dir {data_dir} does not exist (generate it with generate.py)")
+    path = data_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise DataError(f"{path}: no manifest in the data dir (generate it with generate.py)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: manifest is not valid JSON ({err})") from err
+    for key in ("param_names", "param_ranges", "sample_shape", "files"):
+        if key not in manifest:
+            raise DataError(f"{path}: manifest lacks the '{key}' field")
+    if not manifest["files"]:
+        raise DataError(f"{path}: manifest lists no simulation files")
+    for name in manifest["param_names"]:
+        lo, hi = manifest["param_ranges"].get(name, (None, None))
+        if lo is None or not float(lo) < float(hi):
+            raise DataError(f"{path}: parameter range of {name} must be [low, high] with low < high")
+    return manifest
+
+
+def rebuild_manifest(data_dir: str | Path, header: Mapping) -> Path:
+    """Recreate the manifest from the files present (the files are the truth, not the old list).
+
+    `header` holds the dataset-wide fields (param_names, param_ranges, sample_shape, ...);
+    Per-simulation timings come from the files' `timing_*` attributes, so they survive a
+    rebuild after a killed campaign.
+    """
+    data_dir = Path(data_dir)
+    names = list(header.get("param_names", PARAM_NAMES))
+    entries = []
+    for path in sorted(data_dir.glob("sim_*.h5")):
+        info = inspect_simulation(path)
+        attrs = info["attrs"]
+        sim_id = int(attrs["sim_id"])
+        entries.append(
+            {
+                "id": sim_id,
+                "file": path.name,
+                "params": {n: float(v) for n, v in zip(names, info["y"], strict=True)},
+                "seed": int(attrs.get("seed", -1)),
+                "n_sub": int(info["x_shape"][0]),
+                "sha256": file_checksum(path),
+                "bytes": path.stat().st_size,
+                "timings": {
+                    k.removeprefix("timing_"): float(v)
+                    for k, v in attrs.items()
+                    if k.startswith("timing_")
+                },
+            }
+        )
+    return write_manifest(data_dir, {**header, "files": entries})

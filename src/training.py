@@ -1,0 +1,155 @@
+"""One training job inside one rank: data, model, trainer, fit, metrics.json.
+
+Called in-process when the job has one rank or a cluster launcher (SLURM, torchrun, MPI)
+started the ranks, and by `src.launch` in each rank it starts itself otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.models.regressor import CosmoRegressor
+from src.sysinfo import system_info
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.txt"
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def resolve_ckpt(ckpt_path, out_dir: Path) -> str | None:
+    """`last` -> this job's last.ckpt if there is one (a fresh start otherwise)."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=last but %s does not exist yet: starting from scratch", last)
+        return None
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(ckpt_path)
+
+
+def build_datamodule(cfg: DictConfig):
+    return instantiate(cfg.data)
+
+
+def build_module(cfg: DictConfig, dm) -> CosmoRegressor:
+    c, d = dm.sample_shape[0], dm.sample_shape[1]
+    net = instantiate(cfg.model.net, in_channels=c, input_size=d, n_params=dm.n_params)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    return CosmoRegressor(net, dm.param_names, dm.param_ranges, **optim,
+                          channels_last=bool(cfg.get("channels_last", False)))
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    if not cfg.get("logger"):
+        return []
+    if "wandb" in cfg.logger:
+        os.environ.setdefault("WANDB_MODE", "offline")  # never ask for an API key
+    return [instantiate(lg) for lg in cfg.logger.values() if lg]
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    return [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb]
+
+
+def config_summary(cfg: DictConfig, trainer, dm) -> dict:
+    return {
+        "model": cfg.model.name,
+        "num_nodes": trainer.num_nodes,
+        "devices": trainer.num_devices,
+        "world_size": trainer.world_size,
+        "fraction": dm.fraction,
+        "precision": str(cfg.trainer.precision),
+        "batch_size": dm.batch_size,
+        "global_batch_size": dm.batch_size * trainer.world_size,
+        "input_size": dm.sample_shape[1],
+        "channels": dm.sample_shape[0],
+        "n_train_samples": dm.n_train_total,
+        "n_val_samples": len(dm.val_set),
+        "dataset_bytes": dm.train_files_bytes,
+        "max_epochs": cfg.trainer.max_epochs,
+        "max_steps": cfg.trainer.max_steps,
+        "global_step": trainer.global_step,
+        "epochs_done": trainer.current_epoch,
+        "accelerator": str(cfg.trainer.accelerator),
+        "strategy": str(cfg.trainer.strategy),
+        "emulated": bool(cfg.get("emulated_nodes", False)),
+        "data_dir": str(dm.data_dir),
+        "seed": cfg.seed,
+    }
+
+
+def collect_metrics(trainer, callbacks) -> dict:
+    metrics = {}
+    for key, value in trainer.callback_metrics.items():
+        name = key.removesuffix("_epoch")
+        if key.endswith("_step"):
+            continue
+        metrics[name] = float(value)
+    for cb in callbacks:
+        metrics.update(getattr(cb, "metrics", None) or {})
+    return metrics
+
+
+def fit_job(cfg: DictConfig) -> dict:
+    """Train as this rank; rank 0 writes `<output_dir>/metrics.json`. Returns its payload."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          default_root_dir=str(out_dir))
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), out_dir))
+    fit_s = time.perf_counter() - start
+    metrics = collect_metrics(trainer, callbacks)
+    if cfg.get("final_validate", True) and trainer.limit_val_batches != 0:
+        trainer.validate(module, datamodule=dm, verbose=False)
+        metrics.update(collect_metrics(trainer, []))
+    metrics["staging_s"] = dm.staging_s
+    history = next((cb.history for cb in callbacks if hasattr(cb, "history")), {})
+    payload = {
+        "status": "complete",
+        "error": None,
+        "metrics": metrics,
+        "config": config_summary(cfg, trainer, dm),
+        "system": system_info(),
+        "history": history,
+        "timing": {"fit_s": fit_s},
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(out_dir / METRICS_FILE, payload)
+        log.info("metrics written to %s", out_dir / METRICS_FILE)
+    return payload
+
+
+def record_failure(out_dir: Path, err: BaseException) -> None:
+    """Leave the error in the job dir so a sweep can go on and the report can say why."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(traceback.format_exception(err))
+    (out_dir / ERROR_FILE).write_text(text)
+    write_json_atomic(out_dir / METRICS_FILE,
+                      {"status": "failed", "error": f"{type(err).__name__}: {err}", "metrics": {}})
