@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -48,13 +49,24 @@ def resolve_ckpt(ckpt_path, out_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
+def instantiate_clear(node, **kwargs):
+    """hydra's instantiate, but our own config errors (ValueError subclasses naming the
+    culprit) come out as themselves instead of wrapped in an InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
+
+
 def build_datamodule(cfg: DictConfig):
-    return instantiate(cfg.data)
+    return instantiate_clear(cfg.data)
 
 
 def build_module(cfg: DictConfig, dm) -> CosmoRegressor:
     c, d = dm.sample_shape[0], dm.sample_shape[1]
-    net = instantiate(cfg.model.net, in_channels=c, input_size=d, n_params=dm.n_params)
+    net = instantiate_clear(cfg.model.net, in_channels=c, input_size=d, n_params=dm.n_params)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     return CosmoRegressor(net, dm.param_names, dm.param_ranges, **optim,
                           channels_last=bool(cfg.get("channels_last", False)))

@@ -1,0 +1,98 @@
+"""CosmoDataModule on real HDF5 files: split, nested fractions, shards, staging, transforms."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from src.datamodules.cosmo import CosmoDataModule, ShardSampler, parse_fraction
+from src.sim.store import read_simulation
+
+
+def make_dm(data_dir, world=1, rank=0, **kwargs):
+    dm = CosmoDataModule(str(data_dir), **kwargs)
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+    dm.setup("fit")
+    return dm
+
+
+def test_split_keeps_whole_simulations_on_one_side(tiny_data):
+    dm = make_dm(tiny_data)
+    train_files = set(dm.train_set.index[:, 0].tolist())
+    val_files = set(dm.val_set.index[:, 0].tolist())
+    assert train_files and val_files and not train_files & val_files
+    assert len(val_files) == 2 and len(dm.val_set) == 16  # 25 % of 8 simulations, 8 subs each
+
+
+@pytest.mark.parametrize("fraction", ["1/2", 0.25, "1/8"])
+def test_fractions_are_nested_prefixes(tiny_data, fraction):
+    full = make_dm(tiny_data, fraction=1)
+    part = make_dm(tiny_data, fraction=fraction)
+    n = len(part.train_set)
+    assert n == int(48 * parse_fraction(fraction))
+    np.testing.assert_array_equal(part.train_set.index, full.train_set.index[:n])
+
+
+def test_parse_fraction_accepts_ratios():
+    assert parse_fraction("1/32") == 1 / 32 and parse_fraction(1) == 1.0 and parse_fraction("0.5") == 0.5
+
+
+def test_labels_normalised_and_inputs_log1p(tiny_data):
+    dm = make_dm(tiny_data)
+    x, y = dm.train_set[0]
+    file_idx, sub = dm.train_set.index[0]
+    raw_x, raw_y, _ = read_simulation(dm.train_set.files[file_idx])
+    np.testing.assert_allclose(x.numpy(), np.log1p(raw_x[sub]), rtol=1e-6)
+    lo = np.array([dm.param_ranges[n][0] for n in dm.param_names])
+    hi = np.array([dm.param_ranges[n][1] for n in dm.param_names])
+    np.testing.assert_allclose(y.numpy(), 2 * (raw_y - lo) / (hi - lo) - 1, rtol=1e-5)
+    assert torch.all(y.abs() <= 1)
+
+
+def test_rank_shards_are_disjoint_equal_and_fixed_across_epochs():
+    shards = [ShardSampler(50, r, 3, shuffle=True, seed=0, equal=True) for r in range(3)]
+    assert [len(s) for s in shards] == [16, 16, 16]
+    owned = [set(s.positions.tolist()) for s in shards]
+    assert not (owned[0] & owned[1]) and not (owned[1] & owned[2])
+    first = list(shards[0])
+    shards[0].set_epoch(1)
+    second = list(shards[0])
+    assert sorted(first) == sorted(second) and first != second  # same shard, new order
+
+
+@pytest.mark.parametrize("stage", ["ram", "dir"])
+def test_staging_gives_the_same_samples(tiny_data, tmp_path, stage):
+    target = "ram" if stage == "ram" else str(tmp_path / "local")
+    plain = make_dm(tiny_data, world=2, rank=1)
+    staged = make_dm(tiny_data, world=2, rank=1, stage=target)
+    mine = plain.train_dataloader().sampler.positions
+    for i in mine[:4]:
+        assert torch.equal(plain.train_set[int(i)][0], staged.train_set[int(i)][0])
+    assert staged.staging_s > 0
+    if stage == "dir":
+        assert list((tmp_path / "local").glob("sim_*.h5"))
+
+
+def test_augment_preserves_values_and_labels(tiny_data):
+    plain = make_dm(tiny_data)
+    aug = make_dm(tiny_data, augment=True)
+    for i in range(4):
+        (x0, y0), (x1, y1) = plain.train_set[i], aug.train_set[i]
+        assert torch.equal(y0, y1)
+        assert torch.equal(torch.sort(x0.flatten()).values, torch.sort(x1.flatten()).values)
+
+
+def test_loader_batches_have_contract_shapes(tiny_data):
+    dm = make_dm(tiny_data, batch_size=4)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 1, 16, 16, 16) and x.dtype == torch.float32
+    assert y.shape == (4, 3)
+
+
+def test_workers_open_their_own_files(tiny_data):
+    dm = make_dm(tiny_data, batch_size=8, num_workers=2, persistent_workers=False)
+    batches = list(dm.train_dataloader())
+    assert sum(len(b[0]) for b in batches) == 48

@@ -1,0 +1,68 @@
+"""The small CosmoFlow net: blocks per input size, shapes, output range, LARS, schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.models.cosmoflow import CosmoFlowNet, ModelConfigError, blocks_for_size
+from src.models.lars import clip_relative_update_, lars_targets
+from src.models.regressor import CosmoRegressor
+
+
+@pytest.mark.parametrize(("size", "blocks", "out"), [(16, 2, 4), (32, 3, 4), (64, 4, 4), (128, 5, 4), (256, 5, 8)])
+def test_blocks_follow_input_size(size, blocks, out):
+    assert blocks_for_size(size) == blocks
+    net = CosmoFlowNet(4, size, 3)
+    assert net.head.layers[0].in_features == 32 * 2 ** (blocks - 1) * out**3
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_forward_shape_and_range(size):
+    net = CosmoFlowNet(2, size, 3)
+    y = net(torch.randn(2, 2, size, size, size) * 100)
+    assert y.shape == (2, 3) and y.abs().max() <= 1.2
+
+
+def test_mlperf_128_parameter_count():
+    # conv: sum of (27*c_in + 1)*c_out over 4->32->64->128->256->512; dense 32768->128->64->3
+    conv = sum((27 * a + 1) * b for a, b in [(4, 32), (32, 64), (64, 128), (128, 256), (256, 512)])
+    dense = (32768 + 1) * 128 + (128 + 1) * 64 + (64 + 1) * 3
+    assert sum(p.numel() for p in CosmoFlowNet(4, 128, 3).parameters()) == conv + dense
+
+
+@pytest.mark.parametrize("size", [4, 6])
+def test_too_small_input_is_a_clear_error(size):
+    with pytest.raises(ModelConfigError, match=f"input size {size}"):
+        CosmoFlowNet(1, size, 3)
+
+
+def test_lars_caps_the_relative_update():
+    w = torch.nn.Parameter(torch.ones(4, 4))
+    before = [w.detach().clone()]
+    with torch.no_grad():
+        w.add_(torch.full((4, 4), 0.5))  # a 50 % step
+    ratios = clip_relative_update_([w], before, trust_coefficient=0.01)
+    change = float(torch.linalg.vector_norm(w.detach() - before[0]) / torch.linalg.vector_norm(before[0]))
+    assert ratios[0] < 1 and change == pytest.approx(0.01, rel=1e-4)
+    bias = torch.nn.Parameter(torch.ones(4))
+    assert lars_targets([w, bias]) == [w]
+
+
+def test_small_updates_pass_lars_unchanged():
+    w = torch.nn.Parameter(torch.ones(3, 3))
+    before = [w.detach().clone()]
+    with torch.no_grad():
+        w.add_(1e-4)
+    expected = w.detach().clone()
+    assert clip_relative_update_([w], before, trust_coefficient=0.01) == [1.0]
+    assert torch.equal(w, expected)
+
+
+def test_warmup_then_cosine_schedule():
+    module = CosmoRegressor(CosmoFlowNet(1, 16, 3), ["a", "b", "c"], {k: (0, 1) for k in "abc"},
+                            warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
+    factors = [module.lr_factor(s, 14) for s in range(15)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == pytest.approx(1.0) and factors[14] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))

@@ -1,0 +1,108 @@
+"""src/perf/peak.py: spec table, device-name parsing, measured CPU peaks and their cache."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from src.perf import peak
+from src.perf.peak import PEAK_TABLE, chip_key, dtype_key, memory_bandwidth, peak_flops
+
+
+@pytest.mark.parametrize(
+    "name,key",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100-SXM"),
+        ("NVIDIA H100 PCIe", "H100-PCIe"),
+        ("NVIDIA H100 NVL", "H100-NVL"),
+        ("NVIDIA H200", "H200-SXM"),
+        ("NVIDIA H200 NVL", "H200-NVL"),
+        ("NVIDIA GH200 480GB", "H100-SXM"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("Tesla V100-SXM2-32GB", "V100-SXM"),
+        ("Tesla V100-PCIE-16GB", "V100-PCIe"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA L40S", "L40S"),
+        ("AMD Instinct MI250X", "MI250X"),
+        ("AMD Instinct MI300X", "MI300X"),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_chip_key(name, key):
+    assert chip_key(name) == key
+
+
+def test_table_is_dense_and_ordered():
+    for chip, row in PEAK_TABLE.items():
+        order = [row[k] for k in ("fp32", "tf32", "bf16", "fp8") if k in row]
+        assert order == sorted(order), chip  # faster formats never have lower peaks
+        if "bf16" in row:
+            assert row["bf16"] == row.get("fp16", row["bf16"]), chip
+    # dense, not "with sparsity": the H200 SXM has H100 SXM compute, 989.4 TFLOP/s bf16
+    assert PEAK_TABLE["H200-SXM"]["bf16"] == PEAK_TABLE["H100-SXM"]["bf16"] == 989.4e12
+    assert PEAK_TABLE["A100"]["tf32"] == 156e12
+
+
+@pytest.mark.parametrize(
+    "precision,dev,key",
+    [("32-true", "cpu", "fp32"), ("bf16-mixed", "cpu", "bf16"), ("bf16-true", "cuda", "bf16"),
+     ("16-mixed", "cuda", "fp16"), ("64-true", "cpu", "fp64"), (32, "cpu", "fp32")],
+)
+def test_dtype_key(precision, dev, key):
+    assert dtype_key(precision, dev) == key
+
+
+def test_fp32_on_cuda_follows_tf32_setting():
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert dtype_key("32-true", "cuda") == "tf32"
+        assert dtype_key("32-true", "cpu") == "fp32"
+        torch.set_float32_matmul_precision("highest")
+        assert dtype_key("32-true", "cuda") == "fp32"
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def test_override_wins(tmp_path):
+    assert peak_flops("cpu", "fp32", override=1.5e12, cache_dir=tmp_path) == (1.5e12, "override")
+    assert not list(tmp_path.iterdir())  # nothing measured
+
+
+def test_accelerator_from_table(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    value, source = peak_flops(torch.device("cuda", 0), "bf16", cache_dir=tmp_path)
+    assert (value, source) == (989.4e12, "table:H200-SXM")
+
+
+def test_cpu_peak_measured_once_and_cached(tmp_path):
+    t0 = time.perf_counter()
+    fp32, src32 = peak_flops("cpu", "fp32", cache_dir=tmp_path, budget_s=0.2)
+    bf16, src16 = peak_flops("cpu", "bf16", cache_dir=tmp_path, budget_s=0.2)
+    first = time.perf_counter() - t0
+    assert src32 == src16 == "measured"
+    assert 1e9 < fp32 < 1e14 and 1e8 < bf16 < 1e14
+    assert first < 2.0
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and peak.machine_key("cpu") in files[0].name
+    cached = json.loads(files[0].read_text())
+    assert cached["matmul_fp32"] == fp32 and cached["matmul_bf16"] == bf16
+    t0 = time.perf_counter()
+    assert peak_flops("cpu", "fp32", cache_dir=tmp_path) == (fp32, "measured")
+    assert time.perf_counter() - t0 < 0.05
+
+
+def test_corrupt_cache_is_remeasured(tmp_path):
+    path = tmp_path / f"peak-{peak.machine_key('cpu')}.json"
+    path.write_text("{not json")
+    value, source = peak_flops("cpu", "fp32", cache_dir=tmp_path, budget_s=0.05)
+    assert source == "measured" and value > 1e9
+    assert json.loads(path.read_text())["matmul_fp32"] == value
+
+
+def test_triad_bandwidth(tmp_path):
+    bw, source = memory_bandwidth("cpu", cache_dir=tmp_path, budget_s=0.1)
+    assert source == "measured" and 1e8 < bw < 1e13
+    assert memory_bandwidth("cpu", override=2e11) == (2e11, "override")

@@ -1,0 +1,131 @@
+"""train.run on tiny real HDF5 data: metrics.json, checkpoints, resume, DDP, loggers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from train import run
+
+
+def test_run_writes_complete_metrics(train_cfg, tmp_path):
+    result = run(train_cfg())
+    saved = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    assert saved["status"] == "complete"
+    assert saved["metrics"] == result["metrics"]
+    m = saved["metrics"]
+    assert math.isfinite(m["train/loss"]) and math.isfinite(m["val/loss"])
+    for name in ("Omega_M", "sigma_8", "n_s"):
+        assert m[f"val/mae_{name}"] > 0
+        # physical MAE = normalised MAE x half the parameter range
+        assert m[f"val/mae_{name}"] < m[f"val/mae_{name}_norm"]
+    cfg = saved["config"]
+    assert (cfg["model"], cfg["world_size"], cfg["input_size"], cfg["global_step"]) == ("small", 1, 16, 2)
+    assert cfg["n_train_samples"] == 48  # 6 of 8 simulations x 8 sub-volumes
+    assert [s for s, _ in saved["history"]["train/loss"]] == [1, 2]
+    assert (tmp_path / "job" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "job" / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_resume_from_last_continues_the_run(train_cfg, tmp_path):
+    first = run(train_cfg("trainer.max_steps=3", "trainer.max_epochs=5"))
+    # A different seed would change a fresh run's first steps; a resumed run keeps them.
+    resumed = run(train_cfg("trainer.max_steps=5", "trainer.max_epochs=5", "ckpt_path=last", "seed=7"))
+    assert resumed["config"]["global_step"] == 5
+    assert resumed["history"]["train/loss"][:3] == first["history"]["train/loss"]
+    assert len(resumed["history"]["train/loss"]) == 5
+
+
+def test_logger_none_and_bf16(train_cfg):
+    result = run(train_cfg("logger=none", "trainer.precision=bf16-mixed"))
+    assert result["config"]["precision"] == "bf16-mixed"
+    assert math.isfinite(result["metrics"]["train/loss"])
+
+
+def test_default_loggers_run_offline(train_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run(train_cfg("logger=default"))
+    assert list((tmp_path / "job" / "wandb").glob("offline-run-*"))
+
+
+def test_lars_option_trains(train_cfg):
+    result = run(train_cfg("optim.lars.enabled=true", "optim.warmup_steps=1"))
+    assert math.isfinite(result["metrics"]["train/loss"])
+
+
+def test_ddp_two_ranks_identical_weights_disjoint_samples(train_cfg, tmp_path):
+    out = tmp_path / "ddp"
+    cfg = train_cfg(
+        "trainer=ddp_sim",
+        "+callbacks.probe._target_=tests.helpers.RankProbe",
+        f"+callbacks.probe.out_dir={out}",
+        out=out,
+    )
+    result = run(cfg)
+    assert result["config"]["world_size"] == 2 and result["config"]["global_step"] == 2
+    probes = [json.loads((out / f"probe_rank{r}.json").read_text()) for r in (0, 1)]
+    assert {p["world"] for p in probes} == {2}
+    a, b = (set(p["positions"]) for p in probes)
+    assert a and b and not a & b and len(a) == len(b) == 24
+    w0, w1 = (torch.load(out / f"probe_rank{r}.pt") for r in (0, 1))
+    initial = None
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), key
+        initial = key
+    assert initial is not None
+
+
+def test_failed_job_records_its_error(train_cfg, tmp_path):
+    with pytest.raises(Exception, match="too small"):
+        run(train_cfg("model.net.min_spatial=16"))
+    saved = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    assert saved["status"] == "failed" and "too small" in saved["error"]
+    assert "Traceback" in (tmp_path / "job" / "error.txt").read_text()
+
+
+def _cli(args, cwd=ROOT, timeout=300):
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_multirun_cli_gives_each_job_its_own_world_size(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _cli(
+        [
+            "-m",
+            f"data.dir={tiny_data}",
+            "trainer=ddp_sim",
+            "trainer.devices=1,2",
+            "data.fraction=1,1/2",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=1",
+            "logger=csv",
+            "~callbacks.progress",
+            "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(sweep.glob("*/metrics.json"))
+    assert len(jobs) == 4
+    seen = {}
+    for path in jobs:
+        m = json.loads(path.read_text())
+        assert m["status"] == "complete"
+        seen[(m["config"]["world_size"], m["config"]["fraction"])] = path.parent
+        if m["config"]["world_size"] == 2:  # the second rank really ran, with its own log
+            assert "GLOBAL_RANK: 1" in (path.parent / ".launch" / "rank1.log").read_text()
+    assert set(seen) == {(1, 1.0), (2, 1.0), (1, 0.5), (2, 0.5)}
+
+
+def test_unknown_model_is_one_clear_error(tiny_data, tmp_path):
+    proc = _cli([f"data.dir={tiny_data}", "model=no_such_model", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode != 0
+    assert "no_such_model" in proc.stderr and "Traceback" not in proc.stderr
