@@ -12,10 +12,12 @@ import logging
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src.launch import isolated_job, launch_local, needs_local_launch
-from src.training import METRICS_FILE, fit_job, record_failure
+from src.training import METRICS_FILE, finished_result, fit_job, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     """Train (in-process, or as locally launched ranks) and return the metrics.json payload."""
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("skip_complete", True) and (done := finished_result(cfg)) is not None:
+        # a rerun of the same sweep: this job already finished with this exact config
+        log.info("skipping %s: already complete (metrics.json)", out_dir)
+        return done
     if not needs_local_launch(cfg):
         try:
             with isolated_job():
@@ -36,6 +42,9 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    if cfg.get("sweep_group") is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        cfg.sweep_group = Path(hydra_cfg.sweep.dir).name
     result = run(cfg)
     print(f"metrics: {Path(cfg.paths.output_dir) / METRICS_FILE}")
     return result

@@ -30,6 +30,8 @@ from lightning.fabric.plugins.environments import (
 )
 from omegaconf import DictConfig, OmegaConf
 
+from src.training import config_fingerprint
+
 log = logging.getLogger(__name__)
 
 CHILD_FLAG = "SAIH_LAUNCHED"
@@ -118,6 +120,7 @@ def launch_local(cfg: DictConfig) -> Path:
     cfg_path = launch_dir / "config.yaml"
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["emulated_nodes"] = nodes > 1
+    resolved["config_hash"] = config_fingerprint(cfg)  # of the job as asked, before our additions
     cfg_path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
     threads = cfg.launch.get("threads_per_rank") or max(1, (os.cpu_count() or 1) // world)

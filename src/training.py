@@ -6,6 +6,7 @@ started the ranks, and by `src.launch` in each rank it starts itself otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -77,11 +78,11 @@ def build_loggers(cfg: DictConfig) -> list:
         return []
     if "wandb" in cfg.logger:
         os.environ.setdefault("WANDB_MODE", "offline")  # never ask for an API key
-    return [instantiate(lg) for lg in cfg.logger.values() if lg]
+    return [instantiate(lg) for lg in cfg.logger.values() if lg and "_target_" in lg]
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    return [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb]
+    return [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb and "_target_" in cb]
 
 
 def config_summary(cfg: DictConfig, trainer, dm) -> dict:
@@ -123,10 +124,51 @@ def collect_metrics(trainer, callbacks) -> dict:
     return metrics
 
 
+def config_fingerprint(cfg: DictConfig) -> str:
+    """Hash of what defines the job (not where it writes), to recognise a finished job."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("paths", None)
+    plain.pop("ckpt_path", None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_result(cfg: DictConfig) -> dict | None:
+    """The saved payload when this exact job already completed in its output dir."""
+    path = Path(cfg.paths.output_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if saved.get("status") == "complete" and saved.get("config_hash") == config_fingerprint(cfg):
+        return saved
+    return None
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """DeepSpeed fails deep inside Lightning when it cannot run; say why up front."""
+    if not str(cfg.trainer.get("strategy", "")).startswith("deepspeed"):
+        return
+    try:
+        import deepspeed  # noqa: F401
+    except Exception as err:  # ImportError, or its CUDA op builder failing at import
+        raise RuntimeError(
+            f"trainer.strategy={cfg.trainer.strategy} needs DeepSpeed, which does not import here "
+            f"({type(err).__name__}: {err}); install it with `make install EXTRAS=dev,deepspeed` "
+            "on a machine with CUDA, or use trainer=ddp"
+        ) from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.strategy={cfg.trainer.strategy} needs a CUDA GPU; none is visible")
+
+
 def fit_job(cfg: DictConfig) -> dict:
     """Train as this rank; rank 0 writes `<output_dir>/metrics.json`. Returns its payload."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_strategy(cfg)
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
@@ -146,6 +188,7 @@ def fit_job(cfg: DictConfig) -> dict:
     payload = {
         "status": "complete",
         "error": None,
+        "config_hash": cfg.get("config_hash") or config_fingerprint(cfg),
         "metrics": metrics,
         "config": config_summary(cfg, trainer, dm),
         "system": system_info(),
