@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -69,8 +70,19 @@ def build_module(cfg: DictConfig, dm) -> CosmoRegressor:
     c, d = dm.sample_shape[0], dm.sample_shape[1]
     net = instantiate_clear(cfg.model.net, in_channels=c, input_size=d, n_params=dm.n_params)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    speed = cfg.get("speed") or {}
+    if speed.get("compile", False):
+        net = torch.compile(net)
     return CosmoRegressor(net, dm.param_names, dm.param_ranges, **optim,
-                          channels_last=bool(cfg.get("channels_last", False)))
+                          channels_last=bool(speed.get("channels_last", False)))
+
+
+def apply_speed_settings(speed) -> None:
+    """Process-wide backend switches from the `speed` config group."""
+    if not speed:
+        return
+    torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark", False))
+    torch.set_float32_matmul_precision(str(speed.get("float32_matmul_precision", "highest")))
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -169,6 +181,7 @@ def fit_job(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_strategy(cfg)
+    apply_speed_settings(cfg.get("speed"))
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
@@ -184,6 +197,7 @@ def fit_job(cfg: DictConfig) -> dict:
         trainer.validate(module, datamodule=dm, verbose=False)
         metrics.update(collect_metrics(trainer, []))
     metrics["staging_s"] = dm.staging_s
+    metrics["num_params"] = sum(p.numel() for p in module.net.parameters())
     history = next((cb.history for cb in callbacks if hasattr(cb, "history")), {})
     payload = {
         "status": "complete",
