@@ -84,7 +84,7 @@ def test_cpu_peak_measured_once_and_cached(tmp_path):
     first = time.perf_counter() - t0
     assert src32 == src16 == "measured"
     assert 1e9 < fp32 < 1e14 and 1e8 < bf16 < 1e14
-    assert first < 2.0
+    assert first < 3.0  # 2 x 0.2 s budget + start-up; slack for a shared, busy machine
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and peak.machine_key("cpu") in files[0].name
     cached = json.loads(files[0].read_text())
