@@ -163,11 +163,11 @@ def expected_job_count(sweep_dir: Path) -> int | None:
     except (OSError, yaml.YAMLError):
         return None
     hydra = cfg.get("hydra") or {}
-    specs: dict[str, Any] = {}
+    # Sweeper params first: a command-line override of the same key replaces them (as in Hydra).
+    specs: dict[str, Any] = dict((hydra.get("sweeper") or {}).get("params") or {})
     for item in ((hydra.get("overrides") or {}).get("task") or []):
         key, _, value = str(item).partition("=")
         specs[key.lstrip("+~")] = value
-    specs.update((hydra.get("sweeper") or {}).get("params") or {})
     counts = [_sweep_values(v) for v in specs.values()]
     if any(c is None for c in counts):
         return None
