@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch goes in first and pinned, so a CPU machine never resolves a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,slurm
 DEMO_DIR ?= outputs/demo
 export WANDB_MODE ?= offline
 
@@ -18,8 +18,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
+# generate -> sweep (small + medium, 1 and 2 emulated nodes, two fractions) -> report.
+# Idempotent: existing simulations and finished jobs are kept; the report is rewritten.
+# The report runs even when a job failed, and then make exits non-zero.
 demo: install
-	$(BIN)/python -m src.demo out_dir=$(DEMO_DIR)
+	$(BIN)/python generate.py sim=tiny campaign.n_sims=16 paths.data_dir=$(DEMO_DIR)/data
+	$(BIN)/python train.py -m experiment=demo data.dir=$(DEMO_DIR)/data \
+		hydra.sweep.dir=$(DEMO_DIR)/sweep; status=$$?; \
+	$(BIN)/python report.py sweep_dir=$(DEMO_DIR)/sweep && \
+	echo "demo: metrics in $(DEMO_DIR)/sweep/*/metrics.json, report in $(DEMO_DIR)/sweep/report/summary.md"; \
+	exit $$status
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 from train import run
 
@@ -43,3 +45,18 @@ def test_changed_config_is_not_skipped(train_cfg):
     second = run(train_cfg("optim.lr=0.01"))
     assert first["config_hash"] != second["config_hash"]
     assert run(train_cfg("optim.lr=0.01"))["timing"] == second["timing"]  # same job: skipped
+
+
+def test_slurm_launcher_takes_nodes_and_tasks_from_the_trainer():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=4",
+                                "trainer.devices=2"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (4, 2, 2)
