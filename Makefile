@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch goes in first and pinned, so a CPU machine never resolves a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,slurm
+EXTRAS ?= dev,slurm,mpi
 DEMO_DIR ?= outputs/demo
 export WANDB_MODE ?= offline
 

