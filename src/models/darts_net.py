@@ -50,7 +50,7 @@ class DartsNet(nn.Module):
                  genotype: Genotype | dict | str | Path = "genotypes/medium.yaml",
                  C: int | None = None, n_cells: int | None = None,
                  reductions: list[int] | None = None, stem_multiplier: int | None = None,
-                 head_hidden=(128, 64), head_dropout: float = 0.0):
+                 hidden=(128, 64), dropout: float = 0.0, negative_slope: float = 0.3):
         super().__init__()
         net_rec: dict = {}
         if isinstance(genotype, (str, Path)):
@@ -88,7 +88,7 @@ class DartsNet(nn.Module):
             reduction_prev = reduction
             C_pp, C_p = C_p, len(cell.concat) * C_curr
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.head = DenseHead(C_p, n_params, hidden=tuple(head_hidden), dropout=head_dropout)
+        self.head = DenseHead(C_p, n_params, tuple(hidden), dropout, negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)

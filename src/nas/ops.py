@@ -1,0 +1,146 @@
+"""3D DARTS candidate operations.
+
+The search space of DARTS (Liu et al. 2019) lifted to volumes. Following the SAIH paper every
+convolution is followed by BatchNorm and LeakyReLU (conv -> BN -> LeakyReLU) instead of the
+ReLU -> conv -> BN order of the 2D original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Order matters: it is the column order of the alphas and is written into every genotype file.
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3",
+    "avg_pool_3",
+    "skip_connect",
+    "sep_conv_3",
+    "sep_conv_5",
+    "dil_conv_3",
+    "dil_conv_5",
+)
+
+NEGATIVE_SLOPE = 0.3  # LeakyReLU slope, CosmoFlow's (the small model's) value
+
+
+def _act() -> nn.Module:
+    # not in-place: the op outputs are summed by mixed ops and autograd needs them intact
+    return nn.LeakyReLU(NEGATIVE_SLOPE)
+
+
+class ConvBNAct(nn.Sequential):
+    """Plain k^3 convolution + BN + LeakyReLU (stem, 1x1 preprocessing)."""
+
+    def __init__(self, C_in, C_out, kernel_size=1, stride=1, padding=0, affine=True):
+        super().__init__(
+            nn.Conv3d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm3d(C_out, affine=affine),
+            _act(),
+        )
+
+
+class DilConv(nn.Sequential):
+    """Depthwise k^3 (dilated) + pointwise conv, then BN + LeakyReLU."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+        super().__init__(
+            nn.Conv3d(C_in, C_in, kernel_size, stride=stride, padding=padding,
+                      dilation=dilation, groups=C_in, bias=False),
+            nn.Conv3d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm3d(C_out, affine=affine),
+            _act(),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two separable blocks as in DARTS; only the first one strides."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__(
+            DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine),
+            DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine),
+        )
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class Zero(nn.Module):
+    """The `none` op: zeros of the (possibly strided) output shape."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        if self.stride == 1:
+            return x.mul(0.0)
+        # ceil(d / stride) like every other strided op with padding
+        s = self.stride
+        return x[:, :, ::s, ::s, ::s].mul(0.0)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution without losing every other voxel: two 1x1 stride-2 convs, the
+    second on the input shifted by one voxel along each axis, concatenated on channels."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        c1 = C_out // 2
+        self.conv_1 = nn.Conv3d(C_in, c1, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv3d(C_in, C_out - c1, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm3d(C_out, affine=affine)
+        self.act = _act()
+
+    def forward(self, x):
+        # pad-then-crop keeps the shifted path the same size as the plain one for odd d too
+        shifted = F.pad(x, (0, 1, 0, 1, 0, 1))[:, :, 1:, 1:, 1:]
+        out = torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
+        return self.act(self.bn(out))
+
+
+class Pool(nn.Module):
+    def __init__(self, kind: str, stride: int):
+        super().__init__()
+        if kind == "max":
+            self.pool = nn.MaxPool3d(3, stride=stride, padding=1)
+        else:
+            # padding excluded from the mean so borders are not darkened
+            self.pool = nn.AvgPool3d(3, stride=stride, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        if isinstance(self.pool, nn.AvgPool3d) and min(x.shape[2:]) < 3:
+            # torch's CPU avg_pool3d refuses inputs smaller than the kernel even with padding
+            # (deep cells at small cubes reach 2^3); same result via explicit zero padding
+            p = self.pool
+            total = F.avg_pool3d(F.pad(x, (1,) * 6), 3, p.stride, 0)
+            count = F.avg_pool3d(F.pad(torch.ones_like(x[:1, :1]), (1,) * 6), 3, p.stride, 0)
+            return total / count
+        return self.pool(x)
+
+
+OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
+    "none": lambda C, stride, affine: Zero(stride),
+    "max_pool_3": lambda C, stride, affine: Pool("max", stride),
+    "avg_pool_3": lambda C, stride, affine: Pool("avg", stride),
+    "skip_connect": lambda C, stride, affine: (
+        Identity() if stride == 1 else FactorizedReduce(C, C, affine)
+    ),
+    "sep_conv_3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),
+    "sep_conv_5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine),
+    "dil_conv_3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
+    "dil_conv_5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
+}
+
+
+def make_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
+    if name not in OPS:
+        raise KeyError(f"unknown operation {name!r}; known: {sorted(OPS)}")
+    return OPS[name](C, stride, affine)
