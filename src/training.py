@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -91,6 +92,14 @@ def build_loggers(cfg: DictConfig) -> list:
     if "wandb" in cfg.logger:
         os.environ.setdefault("WANDB_MODE", "offline")  # never ask for an API key
     return [instantiate(lg) for lg in cfg.logger.values() if lg and "_target_" in lg]
+
+
+def end_wandb_run() -> None:
+    """wandb keeps one run per process: end it, or the next job of a multirun run in this
+    process would log into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -189,13 +198,16 @@ def fit_job(cfg: DictConfig) -> dict:
     loggers = build_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                           default_root_dir=str(out_dir))
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), out_dir))
-    fit_s = time.perf_counter() - start
-    metrics = collect_metrics(trainer, callbacks)
-    if cfg.get("final_validate", True) and trainer.limit_val_batches != 0:
-        trainer.validate(module, datamodule=dm, verbose=False)
-        metrics.update(collect_metrics(trainer, []))
+    try:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), out_dir))
+        fit_s = time.perf_counter() - start
+        metrics = collect_metrics(trainer, callbacks)
+        if cfg.get("final_validate", True) and trainer.limit_val_batches != 0:
+            trainer.validate(module, datamodule=dm, verbose=False)
+            metrics.update(collect_metrics(trainer, []))
+    finally:
+        end_wandb_run()
     metrics["staging_s"] = dm.staging_s
     metrics["num_params"] = sum(p.numel() for p in module.net.parameters())
     history = next((cb.history for cb in callbacks if hasattr(cb, "history")), {})

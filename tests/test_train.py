@@ -48,10 +48,13 @@ def test_logger_none_and_bf16(train_cfg):
     assert math.isfinite(result["metrics"]["train/loss"])
 
 
-def test_default_loggers_run_offline(train_cfg, tmp_path, monkeypatch):
+def test_default_loggers_run_offline_one_wandb_run_per_job(train_cfg, tmp_path, monkeypatch):
+    # two jobs in one process, as in a multirun: the second must not reuse the first's run
     monkeypatch.setenv("WANDB_MODE", "offline")
-    run(train_cfg("logger=default"))
-    assert list((tmp_path / "job" / "wandb").glob("offline-run-*"))
+    for job in ("a", "b"):
+        run(train_cfg("logger=default", out=tmp_path / job))
+    runs = [list((tmp_path / job / "wandb").glob("offline-run-*")) for job in ("a", "b")]
+    assert [len(r) for r in runs] == [1, 1]
 
 
 def test_lars_option_trains(train_cfg):
