@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -16,8 +17,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src.launch import isolated_job, launch_local, needs_local_launch
-from src.training import METRICS_FILE, finished_result, fit_job, record_failure
+from src.launch import LaunchError, isolated_job, launch_local, needs_local_launch
+from src.models.cosmoflow import ModelConfigError
+from src.sim.store import DataError
+from src.training import (
+    ERROR_FILE,
+    METRICS_FILE,
+    finished_result,
+    fit_job,
+    record_failure,
+    set_aside_stale_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +39,16 @@ def run(cfg: DictConfig) -> dict:
         # a rerun of the same sweep: this job already finished with this exact config
         log.info("skipping %s: already complete (metrics.json)", out_dir)
         return done
-    if not needs_local_launch(cfg):
-        try:
+    set_aside_stale_result(out_dir)
+    try:
+        if not needs_local_launch(cfg):
             with isolated_job():
                 return fit_job(cfg)
-        except Exception as err:
+        launch_local(cfg)
+    except Exception as err:
+        if not (out_dir / ERROR_FILE).is_file():  # rank 0 of a launched job records its own
             record_failure(out_dir, err)
-            raise
-    launch_local(cfg)
+        raise
     return json.loads((out_dir / METRICS_FILE).read_text())
 
 
@@ -45,7 +57,14 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     if cfg.get("sweep_group") is None and hydra_cfg.mode == RunMode.MULTIRUN:
         cfg.sweep_group = Path(hydra_cfg.sweep.dir).name
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except (DataError, ModelConfigError, LaunchError) as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and goes on with the sweep
+        # bad input or a failed rank: one line naming the culprit (details in error.txt)
+        print(f"train.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"metrics: {Path(cfg.paths.output_dir) / METRICS_FILE}")
     return result
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -30,11 +31,13 @@ from lightning.fabric.plugins.environments import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from src.training import config_fingerprint
+from src.training import METRICS_FILE, config_fingerprint
 
 log = logging.getLogger(__name__)
 
 CHILD_FLAG = "SAIH_LAUNCHED"
+# set in every rank when several "nodes" share this machine (all ranks see the same cores)
+EMULATED_FLAG = "SAIH_EMULATED_NODES"
 
 
 class LaunchError(RuntimeError):
@@ -131,6 +134,7 @@ def launch_local(cfg: DictConfig) -> Path:
         env.update(
             {
                 CHILD_FLAG: "1",
+                EMULATED_FLAG: "1" if nodes > 1 else "",
                 "MASTER_ADDR": str(cfg.launch.master_addr),
                 "MASTER_PORT": str(port),
                 "WORLD_SIZE": str(world),
@@ -158,6 +162,7 @@ def launch_local(cfg: DictConfig) -> Path:
         for proc, _ in procs:
             if proc.poll() is None:
                 proc.kill()
+            proc.wait()
         raise
     finally:
         for _, fh in procs:
@@ -174,24 +179,40 @@ def _wait(procs, grace_s: float, launch_dir: Path) -> None:
             break
         if failed_at is None and any(c not in (None, 0) for c in codes):
             failed_at = time.monotonic()
-        if failed_at is not None and time.monotonic() - failed_at > grace_s:
-            for p, _ in procs:
-                if p.poll() is None:
-                    p.terminate()
+        # a rank stuck in a collective ignores SIGTERM (Lightning defers it to the next
+        # batch): ask after grace_s, insist after twice that
+        waited = time.monotonic() - failed_at if failed_at is not None else 0.0
+        for p, _ in procs:
+            if p.poll() is None and waited > 2 * grace_s:
+                p.kill()
+            elif p.poll() is None and waited > grace_s:
+                p.terminate()
         time.sleep(0.2)
     bad = [(r, c) for r, c in enumerate(codes) if c != 0]
     if bad:
         rank, code = bad[0]
-        where = "the console output above" if rank == 0 else str(launch_dir / f"rank{rank}.log")
-        tail = ""
-        if rank != 0:
-            tail = "\n" + "\n".join((launch_dir / f"rank{rank}.log").read_text().splitlines()[-15:])
-        raise LaunchError(f"rank {rank} exited with code {code}; see {where}{tail}")
+        if rank == 0:
+            detail = _rank0_error(launch_dir.parent) or "see the console output above"
+        else:
+            log_path = launch_dir / f"rank{rank}.log"
+            detail = f"see {log_path}\n" + "\n".join(log_path.read_text().splitlines()[-15:])
+        raise LaunchError(f"rank {rank} exited with code {code}: {detail}")
+
+
+def _rank0_error(out_dir: Path) -> str | None:
+    """The error rank 0 recorded in the job's metrics.json, if it got that far."""
+    try:
+        saved = json.loads((out_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("error") if saved.get("status") == "failed" else None
 
 
 def main(cfg_path: str) -> None:
     import torch
 
+    from src.models.cosmoflow import ModelConfigError
+    from src.sim.store import DataError
     from src.training import fit_job, record_failure
 
     cfg = OmegaConf.load(cfg_path)
@@ -199,8 +220,14 @@ def main(cfg_path: str) -> None:
     try:
         fit_job(cfg)
     except Exception as err:
-        if os.environ.get("NODE_RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+        rank0 = os.environ.get("NODE_RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+        if rank0:
             record_failure(Path(cfg.paths.output_dir), err)
+        if isinstance(err, (DataError, ModelConfigError)):
+            # bad input: rank 0's error reaches the user once, through the launcher
+            if not rank0:
+                print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
         raise
 
 

@@ -227,6 +227,15 @@ def fit_job(cfg: DictConfig) -> dict:
     return payload
 
 
+def set_aside_stale_result(out_dir: Path) -> None:
+    """A job about to (re)run must not leave an older run's result in place: if it is killed,
+    the report would count that result as this job's. The old files are renamed, not lost."""
+    for name in (METRICS_FILE, ERROR_FILE):
+        path = out_dir / name
+        if path.is_file():
+            path.replace(path.with_name(f"{path.stem}.previous{path.suffix}"))
+
+
 def record_failure(out_dir: Path, err: BaseException) -> None:
     """Leave the error in the job dir so a sweep can go on and the report can say why."""
     out_dir.mkdir(parents=True, exist_ok=True)

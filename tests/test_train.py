@@ -128,6 +128,18 @@ def test_multirun_cli_gives_each_job_its_own_world_size(tiny_data, tmp_path):
     assert set(seen) == {(1, 1.0), (2, 1.0), (1, 0.5), (2, 0.5)}
 
 
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_sim"])
+def test_bad_data_dir_is_one_clear_error(tmp_path, trainer):
+    out = tmp_path / "job"
+    proc = _cli([f"data.dir={tmp_path / 'nowhere'}", f"trainer={trainer}", f"hydra.run.dir={out}"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("train.py: error:")]
+    assert len(lines) == 1 and "nowhere" in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+    assert "nowhere" in (out / "error.txt").read_text()
+
+
 def test_unknown_model_is_one_clear_error(tiny_data, tmp_path):
     proc = _cli([f"data.dir={tiny_data}", "model=no_such_model", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode != 0
