@@ -54,21 +54,35 @@ def test_dtype_key(precision, dev, key):
     assert dtype_key(precision, dev) == key
 
 
-def test_fp32_on_cuda_follows_tf32_setting():
-    prev = torch.get_float32_matmul_precision()
+def test_fp32_on_cuda_follows_tf32_settings():
+    prev = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:
+        torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("high")
         assert dtype_key("32-true", "cuda") == "tf32"
         assert dtype_key("32-true", "cpu") == "fp32"
         torch.set_float32_matmul_precision("highest")
         assert dtype_key("32-true", "cuda") == "fp32"
+        # convolutions: cuDNN's TF32 switch (on by default) is enough for tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+        assert dtype_key("32-true", "cuda") == "tf32"
+        assert dtype_key("32-true", "cpu") == "fp32"
     finally:
-        torch.set_float32_matmul_precision(prev)
+        torch.set_float32_matmul_precision(prev[0])
+        torch.backends.cudnn.allow_tf32 = prev[1]
 
 
 def test_override_wins(tmp_path):
     assert peak_flops("cpu", "fp32", override=1.5e12, cache_dir=tmp_path) == (1.5e12, "override")
     assert not list(tmp_path.iterdir())  # nothing measured
+
+
+def test_override_per_dtype(tmp_path):
+    per_dtype = {"fp32": 1.5e12, "bf16": 3e12}
+    assert peak_flops("cpu", "bf16", override=per_dtype, cache_dir=tmp_path) == (3e12, "override")
+    assert peak_flops("cpu", "fp32", override=per_dtype, cache_dir=tmp_path) == (1.5e12, "override")
+    # a dtype the mapping does not name falls back to the table / measurement
+    assert peak_flops("cpu", "fp64", override={"fp32": 1.0}, cache_dir=tmp_path)[1] == "measured"
 
 
 def test_accelerator_from_table(monkeypatch, tmp_path):

@@ -19,12 +19,14 @@ short for a measured window (fast_dev_run) reports its warm-up steps instead, fl
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from src.launch import EMULATED_FLAG
 from src.perf import flops as perf_flops
 from src.perf import memory as perf_memory
 from src.perf import peak as perf_peak
@@ -136,10 +138,11 @@ class ThroughputMonitor(Callback):
         self._reset()
         self._device = pl_module.device
         self._dtype = perf_peak.dtype_key(trainer.precision, self._device.type)
-        # Only local rank 0 benchmarks (ranks of one machine would contend); the others then
-        # read its cached numbers.
+        # One rank per machine benchmarks (ranks of one machine would contend); the others then
+        # read its cached numbers. Emulated nodes share one machine: only global rank 0.
+        leader = trainer.global_rank == 0 if os.environ.get(EMULATED_FLAG) else trainer.local_rank == 0
         for turn in (0, 1):
-            if (trainer.local_rank == 0) == (turn == 0):
+            if leader == (turn == 0):
                 self._measure_peaks()
             if trainer.world_size > 1:
                 trainer.strategy.barrier("throughput_peak")

@@ -20,6 +20,7 @@ import platform
 import re
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -115,7 +116,10 @@ def dtype_key(precision: str | int | None, device_type: str = "cpu") -> str:
         return "fp64"
     if p.startswith("transformer-engine") or "fp8" in p:
         return "fp8"
-    if device_type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+    # fp32 convolutions run on TF32 tensor cores whenever cuDNN allows it (torch's default),
+    # whatever the matmul precision says
+    if device_type == "cuda" and (torch.get_float32_matmul_precision() != "highest"
+                                  or torch.backends.cudnn.allow_tf32):
         return "tf32"
     return "fp32"
 
@@ -254,9 +258,12 @@ def measure_triad_bandwidth(device: torch.device | str = "cpu", budget_s: float 
 # ---- public API ---------------------------------------------------------------------------
 
 def peak_flops(device: torch.device | str = "cpu", dtype: str = "fp32",
-               override: float | None = None, cache_dir: str | None = None,
+               override: float | Mapping | None = None, cache_dir: str | None = None,
                budget_s: float = 0.4) -> tuple[float, str]:
-    """(peak FLOP/s of one device for `dtype`, source). See the module docstring."""
+    """(peak FLOP/s of one device for `dtype`, source). See the module docstring.
+    `override` is one number for every dtype, or {dtype: FLOP/s} for some of them."""
+    if isinstance(override, Mapping):
+        override = override.get(dtype)
     if override:
         return float(override), "override"
     device = torch.device(device)
