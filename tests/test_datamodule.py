@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from src.datamodules.cosmo import CosmoDataModule, ShardSampler, parse_fraction
-from src.sim.store import read_simulation
+from src.sim.store import DataError, read_simulation
 
 
 def make_dm(data_dir, world=1, rank=0, **kwargs):
@@ -83,6 +83,22 @@ def test_augment_preserves_values_and_labels(tiny_data):
         (x0, y0), (x1, y1) = plain.train_set[i], aug.train_set[i]
         assert torch.equal(y0, y1)
         assert torch.equal(torch.sort(x0.flatten()).values, torch.sort(x1.flatten()).values)
+
+
+def test_augment_is_reproducible_from_the_seed(tiny_data):
+    aug = make_dm(tiny_data, augment=True)
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        return torch.stack([aug.train_set[i][0] for i in range(6)])
+
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+
+
+def test_fewer_validation_samples_than_ranks_is_a_clear_error(tiny_data):
+    with pytest.raises(DataError, match="16 validation samples .* for 17 ranks"):
+        make_dm(tiny_data, world=17)
 
 
 def test_loader_batches_have_contract_shapes(tiny_data):

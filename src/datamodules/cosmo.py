@@ -91,9 +91,10 @@ class CosmoDataset(Dataset):
     def _random_symmetry(x: np.ndarray) -> np.ndarray:
         # A periodic box has no preferred axis or direction: flips and axis permutations
         # of the cube are label-preserving.
-        rng = np.random.default_rng()
-        x = np.transpose(x, (0, *(1 + rng.permutation(3))))
-        flips = tuple(1 + a for a in range(3) if rng.random() < 0.5)
+        # torch's generator: seeded by `seed` (and per loader worker by Lightning's
+        # seed_everything(workers=True)), so an augmented run is reproducible
+        x = np.transpose(x, (0, *(1 + torch.randperm(3).numpy())))
+        flips = tuple(1 + a for a in range(3) if torch.rand(()) < 0.5)
         return np.flip(x, flips) if flips else x
 
 
@@ -259,6 +260,11 @@ class CosmoDataModule(L.LightningDataModule):
             files, cache = self._stage(files, mine, train_index)
         self.train_set = CosmoDataset(files, train_index, labels, self.transform, self.augment, cache, self.seed)
         self.val_set = CosmoDataset(files, self._samples(val_sims, n_subs), labels, self.transform)
+        if 0 < len(self.val_set) < world:  # a rank without a batch would hang the metric reduce
+            raise DataError(
+                f"{len(self.val_set)} validation samples in {self.data_dir} for {world} ranks: "
+                "every rank needs one; add simulations or raise data.val_fraction"
+            )
         log.info(
             "data: %d train samples (fraction %g of %d), %d val samples, world %d",
             n_take, self.fraction, len(train_all), len(self.val_set), world,
@@ -280,7 +286,10 @@ class CosmoDataModule(L.LightningDataModule):
             for i, path in enumerate(files):
                 dest = target / path.name
                 if i in needed and not (dest.is_file() and dest.stat().st_size == path.stat().st_size):
-                    shutil.copy2(path, dest)
+                    # ranks of one node may stage the same file: copy privately, rename atomically
+                    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+                    shutil.copy2(path, tmp)
+                    os.replace(tmp, dest)
                 staged.append(dest if i in needed else path)
             files = staged
         self.staging_s = time.perf_counter() - start
