@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/python generate.py sim=tiny campaign.n_sims=16 paths.data_dir=$(DEMO_DIR)/data
 	$(BIN)/python train.py -m experiment=demo data.dir=$(DEMO_DIR)/data \
 		hydra.sweep.dir=$(DEMO_DIR)/sweep; status=$$?; \
-	$(BIN)/python report.py sweep_dir=$(DEMO_DIR)/sweep && \
+	$(BIN)/python report.py sweep_dir=$(DEMO_DIR)/sweep || status=1; \
 	echo "demo: metrics in $(DEMO_DIR)/sweep/*/metrics.json, report in $(DEMO_DIR)/sweep/report/summary.md"; \
 	exit $$status
 
