@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train_bench.py                       # small model, 64^3, batch 4
     .venv/bin/python benchmarks/train_bench.py --settings             # + the speed-settings matrix
     .venv/bin/python benchmarks/train_bench.py --model medium --size 32
+    python benchmarks/train_bench.py --trainer gpu --size 128 --batch 8   # on a GPU machine
 
 Every variant runs once per repeat, interleaved (A B C, A B C, ...), and the medians are
 compared, so slow drift of a noisy machine hits all variants alike. Printed ratios:
@@ -35,7 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src.sim.synthetic import write_synthetic_dataset  # noqa: E402
-from src.training import build_callbacks, build_datamodule, build_module  # noqa: E402
+from src.training import (  # noqa: E402
+    apply_speed_settings,
+    build_callbacks,
+    build_datamodule,
+    build_module,
+)
 
 
 class StepTimer(L.Callback):
@@ -46,12 +52,19 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.step == self.warmup:
+            sync(pl_module.device)
             self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.step += 1
         if self.step > self.warmup:
             self.samples += len(batch[0])
+            if pl_module.device.type == "cpu":  # on GPU: once, at the end (no sync per step)
+                self.t1 = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        if pl_module.device.type != "cpu":
+            sync(pl_module.device)
             self.t1 = time.perf_counter()
 
     @property
@@ -67,7 +80,8 @@ def compose_train(overrides):
 def lightning_run(args, data_dir, out_dir, with_monitor: bool, extra=()) -> dict:
     steps = args.warmup + args.steps
     overrides = [
-        f"model={args.model}", f"data.dir={data_dir}", f"data.batch_size={args.batch}",
+        f"trainer={args.trainer}", f"model={args.model}", f"data.dir={data_dir}",
+        f"data.batch_size={args.batch}",
         "logger=none", "trainer.max_epochs=100", f"trainer.max_steps={steps}",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "~callbacks.progress",
         "~callbacks.checkpoint", "trainer.enable_checkpointing=false", *extra,
@@ -80,6 +94,7 @@ def lightning_run(args, data_dir, out_dir, with_monitor: bool, extra=()) -> dict
     cfg = compose_train(overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
+    apply_speed_settings(cfg.get("speed"))
     L.seed_everything(0, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
@@ -95,9 +110,11 @@ def plain_loop(args, channels, n_params, channels_last=False, autocast=None, com
     """A plain PyTorch training loop: no Lightning, no data loader, tensors already in memory."""
     cfg = compose_train([f"model={args.model}"])
     torch.manual_seed(0)
+    device = torch.device("cuda" if args.trainer == "gpu" else "cpu")
     net = instantiate(cfg.model.net, in_channels=channels, input_size=args.size, n_params=n_params)
-    x = torch.randn(args.batch, channels, args.size, args.size, args.size)
-    y = torch.rand(args.batch, n_params) * 2 - 1
+    net = net.to(device)
+    x = torch.randn(args.batch, channels, args.size, args.size, args.size, device=device)
+    y = torch.rand(args.batch, n_params, device=device) * 2 - 1
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -106,17 +123,26 @@ def plain_loop(args, channels, n_params, channels_last=False, autocast=None, com
     t0 = None
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
+            sync(device)
             t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = torch.nn.functional.mse_loss(step_net(x).float(), y)
         loss.backward()
         opt.step()
+    sync(device)
     return args.steps * args.batch / (time.perf_counter() - t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trainer", default="cpu", choices=["cpu", "gpu"],
+                        help="trainer preset (and its conf/speed defaults); gpu: one CUDA device")
     parser.add_argument("--model", default="small")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
@@ -162,7 +188,7 @@ def main() -> None:
     for key in ("mfu", "data_wait_frac", "tflops_per_device", "peak_flops_per_device"):
         summary[key] = med("lightning_default", key)
     summary["peak_flops_source"] = results["lightning_default"][-1].get("peak_flops_source")
-    summary["setup"] = {"model": args.model, "size": args.size, "batch": args.batch, "steps": args.steps,
+    summary["setup"] = {"trainer": args.trainer, "model": args.model, "size": args.size, "batch": args.batch, "steps": args.steps,
                         "warmup": args.warmup, "repeats": args.repeats, "torch": torch.__version__,
                         "threads": torch.get_num_threads()}
     print(json.dumps(summary, indent=1))
