@@ -33,8 +33,9 @@ def main(cfg: DictConfig) -> None:
         print(f"generate.py: error: {err}", file=sys.stderr)
         sys.exit(2)
     if result.get("ranks", 1) == 1 or _rank() == 0:
+        extra = f", {result['n_extra']} beyond n_sims not listed" if result["n_extra"] else ""
         print(f"generate.py: {result['n_files']} files in {result['data_dir']} "
-              f"({result['n_simulated']} simulated, {result['n_skipped']} already there, "
+              f"({result['n_simulated']} simulated, {result['n_skipped']} already there{extra}, "
               f"{result['mode']}, {result['wall_s']:.1f} s); manifest {result['manifest']}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -10,16 +11,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 import generate
 from src.sim import campaign as campaign_mod
+from src.sim import store as store_mod
 from src.sim.campaign import sample_parameters, validate_ranges
 from src.sim.cosmology import SimConfigError, SimStorageError
-from src.sim.store import DataError, read_manifest, read_simulation, verify_simulation
+from src.sim.store import (
+    DataError,
+    read_manifest,
+    read_simulation,
+    verify_simulation,
+    write_manifest,
+    write_simulation,
+)
 
 from .conftest import ROOT, SMALL_OVERRIDES, compose_cfg
 
@@ -39,10 +50,13 @@ def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+DATASET = ["campaign.n_sims=3", "sim.redshifts=[0.0,1.0]"]
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("gen") / "data"
-    result = generate.run(gen_cfg(data_dir, "campaign.n_sims=3", "sim.redshifts=[0.0,1.0]"))
+    result = generate.run(gen_cfg(data_dir, *DATASET))
     return data_dir, result
 
 
@@ -61,6 +75,7 @@ def test_run_writes_a_verified_contract_dataset(dataset):
         params, seed = sample_parameters(0, entry["id"], manifest["param_ranges"])
         np.testing.assert_array_equal(y, np.float32(list(params.values())))
         assert int(attrs["seed"]) == seed == entry["seed"]
+        assert attrs["campaign_sha256"] == manifest["campaign_sha256"]
         for name, (lo, hi) in manifest["param_ranges"].items():
             assert lo <= entry["params"][name] <= hi
         assert entry["timings"]["simulate_s"] > 0 and "evolve_s" in entry["timings"]
@@ -109,6 +124,68 @@ def test_files_of_another_campaign_are_refused(tmp_path):
     generate.run(gen_cfg(data_dir, "campaign.n_sims=1"))
     with pytest.raises(SimConfigError, match="sim_000000.h5"):
         generate.run(gen_cfg(data_dir, "campaign.n_sims=1", "campaign.seed=1"))
+    with h5py.File(data_dir / "sim_000000.h5", "a") as fh:  # a file of an older generate.py
+        del fh.attrs["campaign_sha256"]
+    with pytest.raises(SimConfigError, match="campaign_sha256 is missing"):
+        generate.run(gen_cfg(data_dir, "campaign.n_sims=1"))
+    assert (data_dir / "sim_000000.h5").exists()  # refused, never deleted
+
+
+@pytest.mark.parametrize("override", [
+    "campaign.param_ranges.n_s=[0.9,0.99]", "sim.n_steps=3", "sim.z_init=8.0",
+    "sim.mesh_factor=2", "sim.lpt_order=1", "sim.redshifts=[0.0,2.0]", "sim.cosmology.h=0.7",
+    "sim.dtype=float64", "sim.force.gradient=exact",
+])
+def test_rerun_with_another_campaign_config_is_refused(dataset, override):
+    data_dir, _ = dataset
+    before = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()}
+    key = override.split("=")[0]
+    base = [o for o in DATASET if not o.startswith(key + "=")]
+    with pytest.raises(SimConfigError, match="sim_000000.h5 belongs to another campaign"):
+        generate.run(gen_cfg(data_dir, *base, override))
+    assert {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()} == before
+
+
+def test_rerun_ignores_settings_that_do_not_change_the_files(dataset):
+    data_dir, _ = dataset
+    result = generate.run(gen_cfg(data_dir, *DATASET, "sim.device=auto", "sim.box_size=64.0",
+                                  "sim.name=renamed", "campaign.workers=2",
+                                  "campaign.threads_per_worker=2", "campaign.progress=true"))
+    assert result["n_skipped"] == 3 and result["n_simulated"] == 0
+
+
+def test_manifest_lists_only_ids_below_n_sims(tmp_path, caplog):
+    data_dir = tmp_path / "d"
+    generate.run(gen_cfg(data_dir, "campaign.n_sims=3"))
+    shrunk = generate.run(gen_cfg(data_dir, "campaign.n_sims=2"))
+    assert shrunk["n_files"] == 2 and shrunk["n_extra"] == 1 and shrunk["n_skipped"] == 2
+    assert [e["id"] for e in read_manifest(data_dir)["files"]] == [0, 1]
+    assert (data_dir / "sim_000002.h5").exists()  # kept for a later, larger run
+    assert "1 files beyond campaign.n_sims=2" in caplog.text
+    grown = generate.run(gen_cfg(data_dir, "campaign.n_sims=3"))
+    assert grown["n_skipped"] == 3 and grown["n_extra"] == 0
+    assert [e["id"] for e in read_manifest(data_dir)["files"]] == [0, 1, 2]
+
+
+def test_a_second_campaign_on_the_same_dir_is_refused(tmp_path):
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    with open(data_dir / ".campaign.lock", "a") as held:  # a campaign in progress
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (data_dir / "sim_000000.h5.4242.tmp").write_bytes(b"being written")
+        with pytest.raises(SimStorageError, match="another campaign is running"):
+            generate.run(gen_cfg(data_dir, "campaign.n_sims=1"))
+        assert sorted(p.name for p in data_dir.iterdir()) == [
+            ".campaign.lock", "sim_000000.h5.4242.tmp"]  # its temporary untouched
+    assert generate.run(gen_cfg(data_dir, "campaign.n_sims=1"))["n_files"] == 1
+
+
+def test_temporary_names_are_unique_per_process(tmp_path, monkeypatch):
+    renamed, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(a).name), replace(a, b)))
+    write_simulation(tmp_path / "sim_000000.h5", np.zeros((1, 1, 2, 2, 2)), np.zeros(3), {})
+    write_manifest(tmp_path, {"files": []})
+    assert renamed == [f"sim_000000.h5.{os.getpid()}.tmp", f"manifest.json.{os.getpid()}.tmp"]
 
 
 @pytest.mark.parametrize(
@@ -116,6 +193,8 @@ def test_files_of_another_campaign_are_refused(tmp_path):
     [
         ("campaign.param_ranges.sigma_8=[0.9,0.8]", SimConfigError, "sigma_8"),
         ("campaign.param_ranges.Omega_M=[0.3,0.3]", SimConfigError, "Omega_M"),
+        ("campaign.param_ranges.Omega_M=[0.049,0.3]", SimConfigError,
+         r"param_ranges.Omega_M.*sim.cosmology.omega_b"),
         ("sim.n_sub=4", SimConfigError, "n_sub"),
         ("sim.grid=15", SimConfigError, "grid"),
         ("campaign.n_sims=0", SimConfigError, "n_sims"),
@@ -152,6 +231,17 @@ def test_disk_full_while_writing_is_one_clear_error(tmp_path, monkeypatch):
         generate.run(gen_cfg(tmp_path / "d", "campaign.n_sims=1"))
 
 
+def test_disk_full_while_writing_the_manifest_is_one_clear_error(tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "json", SimpleNamespace(dump=full))
+    data_dir = tmp_path / "d"
+    with pytest.raises(SimStorageError, match="disk full while writing the manifest"):
+        generate.run(gen_cfg(data_dir, "campaign.n_sims=1"))
+    assert sorted(p.name for p in data_dir.iterdir()) == [".campaign.lock", "sim_000000.h5"]
+
+
 def test_cli_with_process_pool(tmp_path):
     data_dir = tmp_path / "pool"
     proc = cli(*SHRINK, "campaign.workers=2", "campaign.n_sims=3", "campaign.progress=true",
@@ -170,30 +260,60 @@ def test_cli_bad_input_prints_one_error_line(tmp_path):
         "generate.py: error: sim.grid=16 is not divisible by n_sub^(1/3)=3"]
 
 
-def test_campaign_killed_with_sigkill_completes_on_rerun(tmp_path):
+def _pool_workers(parent: int) -> list[int]:
+    """Pids of the spawned pool workers whose parent is `parent` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_campaign_killed_with_sigkill_completes_on_rerun(tmp_path, workers):
     data_dir = tmp_path / "killed"
     args = [*SHRINK, "sim.n_particles=32", "sim.mesh_factor=2", "sim.n_steps=6",
             "sim.box_size=128", "sim.grid=16", "campaign.n_sims=6",
             f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.Popen([sys.executable, "generate.py", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "generate.py", *args, f"campaign.workers={workers}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 90
     while time.time() < deadline and not list(data_dir.glob("sim_*.h5")):
         time.sleep(0.05)
+    pool = _pool_workers(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    assert len(pool) == (workers if workers > 1 else 0)
+    deadline = time.time() + 5  # pool workers die with their parent, none keeps simulating
+    while time.time() < deadline and any(_running(pid) for pid in pool):
+        time.sleep(0.02)
+    orphans = [pid for pid in pool if _running(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "pool workers outlived the killed campaign"
     n_before = len(list(data_dir.glob("sim_*.h5")))
     assert 1 <= n_before < 6, "the kill should land mid-campaign"
     # what a kill during a write leaves behind: a truncated temporary
-    (data_dir / "sim_000005.h5.tmp").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    (data_dir / f"sim_000005.h5.{proc.pid}.tmp").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     result = generate.run(compose_cfg("generate", args[:-1]))
     assert result["n_files"] == 6 and result["n_skipped"] == n_before
     manifest = read_manifest(data_dir)
     ids = [e["id"] for e in manifest["files"]]
     assert ids == list(range(6))  # no duplicate, none missing
     assert sorted(p.name for p in data_dir.iterdir()) == [
-        "manifest.json", *[f"sim_{i:06d}.h5" for i in range(6)]]
+        ".campaign.lock", "manifest.json", *[f"sim_{i:06d}.h5" for i in range(6)]]
     for entry in manifest["files"]:
         verify_simulation(data_dir / entry["file"], entry)
 

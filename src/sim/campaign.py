@@ -6,18 +6,26 @@ reproduces them bit for bit. Work is handed out dynamically:
   * under MPI (mpirun/srun, mpi4py): rank 0 is the parameter server (paper, Algorithm 1),
     ranks 1.. ask it for the next id whenever they are free;
   * otherwise a local process pool (spawn/forkserver) of `campaign.workers` processes.
-Files are written atomically by src.sim.store; a rerun skips ids whose file verifies,
-removes temporaries left by a killed run, and rebuilds the manifest from the files.
+Files are written atomically by src.sim.store; a rerun skips ids whose file verifies and
+belongs to the same campaign (`campaign_sha256`), removes temporaries left by a killed run,
+and rebuilds the manifest from the files of ids 0..n_sims-1. The coordinator holds an
+exclusive lock on DATA_DIR/.campaign.lock for the whole campaign.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
+import hashlib
+import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from collections import deque
@@ -48,6 +56,10 @@ GENERATOR = "saih-cosmo particle-mesh (EH98 P(k), 2LPT, FastPM KDK, CIC)"
 # mpirun / srun / hydra-PMI launchers set one of these in every rank's environment
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS")
 _START_METHODS = ("spawn", "forkserver")
+# sim keys that do not change a simulation's output, so not part of the campaign's identity
+_NOT_CAMPAIGN_KEYS = ("device", "name")
+LOCK_NAME = ".campaign.lock"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def code_version() -> str:
@@ -96,8 +108,25 @@ def sample_parameters(campaign_seed: int, sim_id: int, ranges: Mapping) -> tuple
     return params, seed
 
 
+def campaign_digest(sim_cfg: Mapping, ranges: Mapping, campaign_seed: int) -> str:
+    """sha256 of what defines a campaign's files: the sim config (less device and preset
+    name), the parameter ranges and the campaign seed. Numbers compare by value (64 == 64.0)."""
+    def canon(v):
+        if isinstance(v, Mapping):
+            return {str(k): canon(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [canon(x) for x in v]
+        if isinstance(v, int | float) and not isinstance(v, bool) and float(v) == v:
+            return float(v)
+        return v
+
+    ident = {"sim": {k: v for k, v in sim_cfg.items() if k not in _NOT_CAMPAIGN_KEYS},
+             "param_ranges": ranges, "seed": int(campaign_seed)}
+    return hashlib.sha256(json.dumps(canon(ident), sort_keys=True).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------- configuration
-def _campaign_settings(camp: Mapping) -> dict:
+def _campaign_settings(camp: Mapping, spec: SimSpec) -> dict:
     def get(key):
         if key not in camp:
             raise SimConfigError(f"campaign.{key} is missing from the config")
@@ -121,8 +150,15 @@ def _campaign_settings(camp: Mapping) -> dict:
     margin = float(get("disk_margin"))
     if margin < 1:
         raise SimConfigError(f"campaign.disk_margin={margin} must be >= 1")
+    ranges = validate_ranges(get("param_ranges"))
+    omega_b = spec.fixed.get("omega_b")
+    if omega_b is not None and ranges["Omega_M"][0] <= float(omega_b):
+        raise SimConfigError(
+            f"campaign.param_ranges.Omega_M={list(ranges['Omega_M'])}: low must be > "
+            f"sim.cosmology.omega_b={omega_b} (baryons are part of the matter)"
+        )
     return {
-        "n_sims": n_sims, "seed": int(get("seed")), "ranges": validate_ranges(get("param_ranges")),
+        "n_sims": n_sims, "seed": int(get("seed")), "ranges": ranges,
         "workers": workers, "threads": threads, "start_method": method, "mpi": mode,
         "progress": bool(get("progress")), "verify_existing": bool(get("verify_existing")),
         "disk_margin": margin,
@@ -146,7 +182,7 @@ def simulate_one(job: Mapping, sim_id: int, local_rank: int = 0) -> dict:
         "grid": spec.grid, "steps": sim.steps_taken, "z_init": spec.z_init,
         "redshifts": list(spec.redshifts), "lpt_order": spec.lpt_order,
         "param_names": list(PARAM_NAMES), "device": str(sim.device),
-        "code_version": job["code_version"],
+        "code_version": job["code_version"], "campaign_sha256": job["campaign_sha256"],
         **{f"timing_{k}": float(v) for k, v in timings.items()},
     }
     path = Path(job["data_dir"]) / sim_filename(sim_id)
@@ -175,19 +211,49 @@ def _init_worker(threads):
         torch.set_num_threads(threads)
 
 
+def _init_pool_worker(threads, parent):
+    """Pool worker set-up; on Linux the worker is SIGKILLed when its parent dies, so a killed
+    campaign leaves no orphans still simulating (`parent`: the coordinator's pid with spawn;
+    None with forkserver, whose server exits with the coordinator)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+        if parent is not None and os.getppid() != parent:  # it died before prctl took effect
+            os._exit(1)
+    _init_worker(threads)
+
+
 # ---------------------------------------------------------------- data dir
-def _prepare_data_dir(data_dir: Path) -> None:
+def _prepare_data_dir(data_dir: Path):
+    """Create and probe the dir, take the campaign lock, drop stale temporaries.
+
+    Returns the open lock file (closing it releases the lock)."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write_probe_"):
             pass
+        lock = open(data_dir / LOCK_NAME, "a")  # held (locked) until the campaign ends
     except OSError as err:
         raise SimStorageError(
             f"paths.data_dir={data_dir} is not a writable directory ({err.strerror or err})"
         ) from err
-    # leftovers of a killed run: never valid, always safe to drop (one campaign per dir)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        lock.close()
+        raise SimStorageError(
+            f"paths.data_dir={data_dir}: another campaign is running on this directory (it "
+            f"holds {LOCK_NAME}); wait for it to end or use another paths.data_dir"
+        ) from err
+    except OSError as err:  # a file system without flock (some Lustre mounts)
+        log.warning("%s: cannot lock (%s); run one campaign at a time on this dir",
+                    data_dir / LOCK_NAME, err)
+    # leftovers of a killed run: never valid, and safe to drop while we hold the lock
     for tmp in data_dir.glob(f"*{TMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
+    return lock
 
 
 def _existing_ok(path: Path, sim_id: int, job: Mapping, spec: SimSpec, full: bool) -> bool:
@@ -205,11 +271,12 @@ def _existing_ok(path: Path, sim_id: int, job: Mapping, spec: SimSpec, full: boo
     attrs = info["attrs"]
     expected_shape = (spec.n_sub, *spec.sample_shape)
     if (int(attrs.get("seed", -1)) != seed or tuple(info["x_shape"]) != expected_shape
-            or float(attrs.get("box_size", -1)) != spec.box_size
-            or int(attrs.get("n_particles", -1)) != spec.n_particles):
+            or attrs.get("campaign_sha256") != job["campaign_sha256"]):
         raise SimConfigError(
-            f"{path} belongs to another campaign (seed, sim config or shape differ from "
-            f"this run's); use a fresh paths.data_dir or the original campaign settings"
+            f"{path} belongs to another campaign (its campaign_sha256 "
+            f"{attrs.get('campaign_sha256', 'is missing')} != {job['campaign_sha256']}: the "
+            f"campaign seed, param_ranges or sim config differ from this run's); use a fresh "
+            f"paths.data_dir or the original settings (existing files are never deleted)"
         )
     return True
 
@@ -235,6 +302,7 @@ def _header(spec: SimSpec, job: Mapping) -> dict:
         "generator": f"{GENERATOR}; {describe(spec)}",
         "code_version": job["code_version"],
         "campaign_seed": job["seed"],
+        "campaign_sha256": job["campaign_sha256"],
         "sim": job["sim"],
     }
 
@@ -306,8 +374,7 @@ def _wait(request, poll_s: float = 0.02):
 
 
 def _plan(job, spec, settings, data_dir):
-    """Coordinator set-up: dir checks, stale temporaries, which ids still need running."""
-    _prepare_data_dir(data_dir)
+    """Coordinator set-up (under the lock): which ids still need running."""
     todo, skipped = [], 0
     for sim_id in range(settings["n_sims"]):
         if _existing_ok(data_dir / sim_filename(sim_id), sim_id, job, spec,
@@ -333,8 +400,10 @@ def _run_local(job, todo, settings, bar) -> list:
             torch.set_num_threads(old)
     ctx = mp.get_context(settings["start_method"])
     infos = []
+    parent = os.getpid() if settings["start_method"] == "spawn" else None
     pool = ProcessPoolExecutor(max_workers=min(settings["workers"], len(todo)), mp_context=ctx,
-                               initializer=_init_worker, initargs=(settings["threads"],))
+                               initializer=_init_pool_worker,
+                               initargs=(settings["threads"], parent))
     try:
         # the pool hands each free worker the next queued id: dynamic load balance
         futures = {pool.submit(simulate_one, job, sim_id, k): sim_id
@@ -391,64 +460,93 @@ def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir) -> dict:
     """Run (or complete) a campaign; returns a summary dict (same on every MPI rank)."""
     t_start = time.perf_counter()
     spec = SimSpec.from_config(sim_cfg)
-    settings = _campaign_settings(camp_cfg)
+    settings = _campaign_settings(camp_cfg, spec)
     data_dir = Path(data_dir)
     job = {"sim": dict(sim_cfg), "seed": settings["seed"], "ranges": settings["ranges"],
+           "campaign_sha256": campaign_digest(sim_cfg, settings["ranges"], settings["seed"]),
            "data_dir": str(data_dir), "code_version": code_version()}
     comm = _mpi_comm(settings["mpi"])
     rank = comm.Get_rank() if comm is not None else 0
-
-    # set-up on the coordinator only; its verdict is shared so every rank fails alike
-    plan, error = None, None
-    if rank == 0:
-        try:
-            plan = _plan(job, spec, settings, data_dir)
-        except SimError as err:
-            error = err
-    if comm is not None:
-        plan, error = comm.bcast((plan, error), root=0)
-    if error is not None:
-        raise error
-    todo, skipped = plan
-
-    infos, errors = [], []
-    bar = _Progress(settings["progress"] and rank == 0 and bool(todo), len(todo),
-                    f"simulating ({'mpi' if comm else 'local'})")
+    lock = None
     try:
-        if comm is None:
-            infos = _run_local(job, todo, settings, bar)
-        elif rank == 0:
-            infos, errors = _serve(comm, todo, bar)
-        else:
-            _work(comm, job, settings["threads"])
-    finally:
-        bar.close()
+        # set-up on the coordinator only; its verdict is shared so every rank fails alike
+        plan, error = None, None
+        if rank == 0:
+            try:
+                lock = _prepare_data_dir(data_dir)
+                plan = _plan(job, spec, settings, data_dir)
+            except SimError as err:
+                error = err
+        if comm is not None:
+            plan, error = comm.bcast((plan, error), root=0)
+        if error is not None:
+            raise error
+        todo, skipped = plan
 
-    result, error = None, None
-    if rank == 0:
+        infos, errors = [], []
+        bar = _Progress(settings["progress"] and rank == 0 and bool(todo), len(todo),
+                        f"simulating ({'mpi' if comm else 'local'})")
         try:
-            if errors:
-                raise SimError("; ".join(errors))
-            manifest = rebuild_manifest(data_dir, _header(spec, job))
-            n_files = len(list(data_dir.glob("sim_*.h5")))
-            result = {
-                "data_dir": str(data_dir), "manifest": str(manifest), "n_files": n_files,
-                "n_simulated": len(infos), "n_skipped": skipped,
-                "mode": "mpi" if comm is not None else ("pool" if settings["workers"] > 1
-                                                        and len(todo) > 1 else "serial"),
-                "ranks": comm.Get_size() if comm is not None else 1,
-                "wall_s": time.perf_counter() - t_start,
-                "sim_s": sum(i["timings"]["simulate_s"] for i in infos),
-            }
-        except (SimError, DataError) as err:
-            error = err
-    if comm is not None:
-        _wait(comm.Ibarrier())
-        result, error = comm.bcast((result, error), root=0)
-    if error is not None:
-        raise error
-    return result
+            if comm is None:
+                infos = _run_local(job, todo, settings, bar)
+            elif rank == 0:
+                infos, errors = _serve(comm, todo, bar)
+            else:
+                _work(comm, job, settings["threads"])
+        finally:
+            bar.close()
+
+        result, error = None, None
+        if rank == 0:
+            try:
+                if errors:
+                    raise SimError("; ".join(errors))
+                manifest = _write_manifest(data_dir, spec, job, settings["n_sims"])
+                result = {
+                    "data_dir": str(data_dir), "manifest": str(manifest),
+                    "n_files": settings["n_sims"], "n_extra": _warn_extra_files(data_dir, settings),
+                    "n_simulated": len(infos), "n_skipped": skipped,
+                    "mode": "mpi" if comm is not None else ("pool" if settings["workers"] > 1
+                                                            and len(todo) > 1 else "serial"),
+                    "ranks": comm.Get_size() if comm is not None else 1,
+                    "wall_s": time.perf_counter() - t_start,
+                    "sim_s": sum(i["timings"]["simulate_s"] for i in infos),
+                }
+            except (SimError, DataError) as err:
+                error = err
+        if comm is not None:
+            _wait(comm.Ibarrier())
+            result, error = comm.bcast((result, error), root=0)
+        if error is not None:
+            raise error
+        return result
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
 
 
-__all__ = ["run_campaign", "sample_parameters", "validate_ranges", "simulate_one",
+def _write_manifest(data_dir: Path, spec: SimSpec, job: Mapping, n_sims: int) -> Path:
+    """The manifest lists ids 0..n_sims-1 only (the files of this campaign)."""
+    try:
+        return rebuild_manifest(data_dir, _header(spec, job), ids=range(n_sims))
+    except DataError as err:
+        if _is_disk_full(err):
+            raise SimStorageError(
+                f"{data_dir / MANIFEST_NAME}: disk full while writing the manifest; free space "
+                f"in {data_dir} and rerun (the simulation files are kept)"
+            ) from err
+        raise
+
+
+def _warn_extra_files(data_dir: Path, settings: Mapping) -> int:
+    """Files of ids >= n_sims (an earlier, larger run) stay on disk but not in the manifest."""
+    ours = {sim_filename(i) for i in range(settings["n_sims"])}
+    extra = sorted(p.name for p in data_dir.glob("sim_*.h5") if p.name not in ours)
+    if extra:
+        log.warning("%s: %d files beyond campaign.n_sims=%d (%s ...) are kept but not listed in "
+                    "the manifest", data_dir, len(extra), settings["n_sims"], extra[0])
+    return len(extra)
+
+
+__all__ = ["run_campaign", "sample_parameters", "validate_ranges", "simulate_one", "campaign_digest",
            "MANIFEST_NAME", "SimConfigError", "SimStorageError"]

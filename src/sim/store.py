@@ -1,7 +1,8 @@
 """The HDF5 data contract: one file per simulation plus a manifest (docs/contracts.md).
 
-Writers are atomic (temporary name, fsync, rename) so a killed process never leaves a
-truncated file under a final name; readers raise `DataError` naming the culprit file.
+Writers are atomic (temporary name unique to the writing process, fsync, rename) so a killed
+process never leaves a truncated file under a final name; readers raise `DataError` naming
+the culprit file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def file_checksum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _tmp_path(final: Path) -> Path:
+    """`final`'s temporary name: unique per process, so two writers never share one."""
+    return final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
 def _atomic_rename(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
@@ -55,7 +61,7 @@ def write_simulation(path: str | Path, x: np.ndarray, y: np.ndarray, attrs: Mapp
         raise DataError(f"{path}: y must be [n_params], got shape {tuple(y.shape)}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise DataError(f"{path}: refusing to write NaN/inf values")
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = _tmp_path(path)
     try:
         with h5py.File(tmp, "w") as fh:
             fh.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
@@ -112,13 +118,17 @@ def verify_simulation(path: str | Path, entry: Mapping | None = None, full: bool
 def write_manifest(data_dir: str | Path, manifest: Mapping) -> Path:
     data_dir = Path(data_dir)
     final = data_dir / MANIFEST_NAME
-    tmp = data_dir / (MANIFEST_NAME + TMP_SUFFIX)
+    tmp = _tmp_path(final)
     payload = dict(manifest)
     payload.setdefault("contract_version", CONTRACT_VERSION)
     payload["files"] = sorted(payload.get("files", []), key=lambda e: int(e["id"]))
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1)
-    _atomic_rename(tmp, final)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=1)
+        _atomic_rename(tmp, final)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{final}: could not write the manifest ({err})") from err
     return final
 
 
@@ -146,17 +156,22 @@ def read_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
-def rebuild_manifest(data_dir: str | Path, header: Mapping) -> Path:
-    """Recreate the manifest from the files present (the files are the truth, not the old list).
+def rebuild_manifest(data_dir: str | Path, header: Mapping, ids=None) -> Path:
+    """Recreate the manifest from the files (the files are the truth, not the old list).
 
     `header` holds the dataset-wide fields (param_names, param_ranges, sample_shape, ...);
+    `ids` limits the manifest to those simulation ids (default: every `sim_*.h5` present).
     Per-simulation timings come from the files' `timing_*` attributes, so they survive a
     rebuild after a killed campaign.
     """
     data_dir = Path(data_dir)
     names = list(header.get("param_names", PARAM_NAMES))
+    if ids is None:
+        paths = sorted(data_dir.glob("sim_*.h5"))
+    else:
+        paths = [data_dir / sim_filename(i) for i in ids]
     entries = []
-    for path in sorted(data_dir.glob("sim_*.h5")):
+    for path in paths:
         info = inspect_simulation(path)
         attrs = info["attrs"]
         sim_id = int(attrs["sim_id"])
