@@ -4,6 +4,10 @@ can name.
     python search.py target_tflops=4 data.dir=DIR hydra.run.dir=OUT
     python search.py target_tflops=16 data.dir=DIR resume=OUT/search_checkpoint.pt
 
+A relative `resume=` path (like every path here) resolves against the directory the command is
+run from. Bad input (no data, an unreachable target, a missing or mismatching checkpoint, a
+device that is not there) ends in one line on stderr naming the culprit and exit code 2.
+
 1. model filter (before the search, as in the paper): width for the target with a reference
    cell; 2. DARTS search of a small supernet on the dataset's train/val halves; 3. the width
    re-fitted to the found genotype; 4. OUT/genotype.yaml with its provenance.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -24,10 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 from src.datamodules.cosmo import CosmoDataModule
 from src.models.darts_net import DartsNet
 from src.nas.genotype import Genotype, reference_genotype, save_genotype
-from src.nas.model_filter import choose_channels, count_cost
+from src.nas.model_filter import FilterError, choose_channels, count_cost
 from src.nas.ops import PRIMITIVES
-from src.nas.search import CHECKPOINT_NAME, Searcher
+from src.nas.search import CHECKPOINT_NAME, Searcher, SearchError
 from src.nas.supernet import SearchNetwork, default_reductions
+from src.sim.store import DataError
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,25 @@ def _dataset_record(dm: CosmoDataModule) -> dict:
     }
 
 
+def _device(name: str) -> torch.device:
+    """`auto` -> cuda when there is one, else cpu; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise SearchError(f"device={name}: not a torch device ({err})") from err
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (device.index or 0) >= n:
+            raise SearchError(f"device={name}: {n} CUDA device(s) visible here "
+                              "(use device=auto or device=cpu)")
+    return device
+
+
 def run(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
+    device = _device(str(cfg.device))
     out_dir = Path(cfg.paths.output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
@@ -90,14 +113,13 @@ def run(cfg: DictConfig) -> dict:
                           steps=int(s.steps), multiplier=int(s.multiplier),
                           stem_multiplier=int(s.stem_multiplier), pc_k=int(s.pc_k),
                           edge_norm=s.edge_norm)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
     model.to(device)
     searcher = Searcher(
         model, epochs=int(s.epochs), w_lr=float(s.w_lr), w_lr_min=float(s.w_lr_min),
         w_momentum=float(s.w_momentum), w_weight_decay=float(s.w_weight_decay),
         grad_clip=float(s.grad_clip), arch_lr=float(s.arch_lr), arch_betas=list(s.arch_betas),
         arch_weight_decay=float(s.arch_weight_decay), second_order=bool(s.second_order),
+        fd_radius=float(s.fd_radius),
         warmup_epochs=int(s.warmup_epochs), max_skip=s.max_skip,
         early_stop_skips=s.early_stop_skips, max_steps_per_epoch=s.max_steps_per_epoch,
         out_dir=out_dir, progress=bool(cfg.progress),
@@ -105,6 +127,8 @@ def run(cfg: DictConfig) -> dict:
     resume = cfg.resume
     if resume == "auto":
         resume = out_dir / CHECKPOINT_NAME if (out_dir / CHECKPOINT_NAME).is_file() else None
+    elif resume:  # relative to the directory the command is run from
+        resume = Path(str(resume)).expanduser().absolute()
     if resume:
         searcher.load(resume)
     # 1. the filter before the search (the paper's order); the genotype is unknown yet, so a
@@ -175,7 +199,11 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="search")
 def main(cfg: DictConfig) -> None:
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except (DataError, FilterError, SearchError) as err:  # bad input: one line, no traceback
+        print(f"search.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"genotype: {result['genotype_path']}")
 
 

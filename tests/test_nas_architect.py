@@ -80,6 +80,19 @@ def test_second_order_step_runs_with_momentum_buffers():
     assert any(not torch.equal(a, b) for a, b in zip(net.arch_parameters(), before, strict=True))
 
 
+@pytest.mark.parametrize("second_order", [False, True])
+def test_architect_step_leaves_batchnorm_running_stats_alone(second_order):
+    net, train, val = _toy(seed=3)
+    buffers = {n: b.clone() for n, b in net.named_buffers()}
+    assert any("running_mean" in n for n in buffers)
+    Architect(net, lr=0.01, second_order=second_order).step(train, val, xi=0.05)
+    for n, b in net.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    # a weight step (train mode) is what moves them
+    net.loss(*train).backward()
+    assert any(not torch.equal(b, buffers[n]) for n, b in net.named_buffers())
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # tiny ops: intra-op threads only add contention on a shared CPU

@@ -3,17 +3,24 @@ provenance -> resume -> train.py model=medium trains the written genotype."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import subprocess
+import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
+from search import _device
 from search import run as search_run
 from src.nas.genotype import load_genotype_file
 from src.nas.ops import PRIMITIVES
-from tests.conftest import compose_cfg
+from src.nas.search import Searcher, SearchError, endless
+from src.nas.supernet import SearchNetwork
+from tests.conftest import ROOT, compose_cfg
 from train import run as train_run
 
 # the smallest supernet that still has a normal and a reduction cell
@@ -78,6 +85,82 @@ def test_partial_channels_search_epoch(tiny_data, tmp_path):
     assert "arch.betas_normal" in state["model"]  # edge normalisation comes with PC-DARTS
     assert res["network"]["n_cells"] == 4
     assert abs(res["filter"]["rel_error"]) <= 0.2
+
+
+def _batches(n: int, seed: int) -> list:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(2, 1, 4, 4, 4, generator=g), torch.rand(2, 3, generator=g))
+            for _ in range(n)]
+
+
+def _searcher(out: Path, epochs: int, C: int = 2) -> Searcher:
+    torch.manual_seed(0)
+    net = SearchNetwork(1, 3, C=C, n_cells=2, reductions=[1], stem_multiplier=1, hidden=(8,))
+    return Searcher(net, epochs=epochs, out_dir=out, progress=False, fd_radius=0.05)
+
+
+def test_resume_to_more_epochs_keeps_the_lr_falling(tmp_path):
+    train, val = _batches(2, 0), _batches(1, 1)  # 1 val batch for 2 steps: re-iterated
+    first = _searcher(tmp_path, epochs=2)
+    assert first.architect.fd_radius == 0.05  # search.fd_radius reaches the architect
+    first.fit(train, val)
+    second = _searcher(tmp_path, epochs=4)
+    second.load(first.checkpoint_path)
+    second.fit(train, val)
+    lrs = [h["lr"] for h in second.history]
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
+    assert lrs[:2] == pytest.approx([0.025, 0.013])  # the 2-epoch cosine that ran first
+    # then the cosine stretched to 4 epochs, from where it stands: never back up
+    assert lrs[2:] == pytest.approx([second.lr_at(2), second.lr_at(3)])
+    assert lrs == sorted(lrs, reverse=True), lrs
+    assert second.w_optimizer.param_groups[0]["lr"] == lrs[-1]
+
+
+def test_resume_refuses_another_supernet_and_bad_files(tmp_path):
+    _searcher(tmp_path, epochs=1).save()
+    ckpt = tmp_path / "search_checkpoint.pt"
+    with pytest.raises(SearchError, match=r"C=2 in the checkpoint, 4 here"):
+        _searcher(tmp_path, epochs=1, C=4).load(ckpt)
+    with pytest.raises(SearchError, match="no such checkpoint file"):
+        _searcher(tmp_path, epochs=1).load(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SearchError, match="junk.pt: not a readable search checkpoint"):
+        _searcher(tmp_path, epochs=1).load(tmp_path / "junk.pt")
+
+
+def test_endless_keeps_no_copy_of_the_batches():
+    class Fresh:  # a loader whose batches are new tensors each pass, like a DataLoader's
+        def __iter__(self):
+            return (torch.zeros(1) for _ in range(2))
+
+    it = endless(Fresh())
+    first = weakref.ref(next(it))
+    for _ in range(5):
+        next(it)
+    gc.collect()
+    assert first() is None  # itertools.cycle would still hold it
+    with pytest.raises(SearchError, match="yields no batches"):
+        next(endless([]))
+
+
+def test_relative_resume_path_and_missing_device_are_named(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative resume= resolves against the launch directory
+    with pytest.raises(SearchError, match=f"resume={tmp_path / 'runs' / 'ck.pt'}: no such"):
+        search_run(_cfg(tiny_data, tmp_path / "out", "resume=runs/ck.pt"))
+    with pytest.raises(SearchError, match="device=cuda:99: .* CUDA device"):
+        _device("cuda:99")
+    assert _device("cpu") == torch.device("cpu")
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    missing = tmp_path / "no_such_data"
+    proc = subprocess.run([sys.executable, str(ROOT / "search.py"), f"data.dir={missing}",
+                           f"hydra.run.dir={tmp_path / 'out'}", "progress=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("search.py: error:") and str(missing) in last
 
 
 @pytest.fixture(autouse=True)

@@ -5,11 +5,20 @@ second order (option):  grad_alpha L_val(w', alpha) - xi * H * grad_w' L_val(w',
     w' = w - xi * (momentum_buffer * mu + grad_w L_train(w, alpha) + wd * w)
     (the virtual SGD step; xi multiplies the WHOLE bracket), and the Hessian-vector product
     H v = [grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)] / (2 eps),
-    w+- = w +- eps v, eps = r / ||v||.
-The virtual weights live only in `torch.func.functional_call`, so the real model and its
-batch-norm running statistics are never touched by the look-ahead.
+    w+- = w +- eps v, eps = r / ||v||, r = `fd_radius` (search.fd_radius, 0.01 as in DARTS).
+The virtual weights live only in `torch.func.functional_call`, so the look-ahead never touches
+the real model's weights.
 
-The model must offer `arch_parameters()`, `named_network_parameters()` and `loss(x, y)`.
+Batch-norm running statistics: every forward of the architect, in both modes (the first-order
+val pass, the virtual step's train pass, the look-ahead and finite-difference passes), runs
+through `functional_call` with copies of the model's buffers, so an architect step leaves the
+running statistics exactly as it found them. Only the weight steps on the train half move them,
+so they describe the data the weights learn on. (DARTS's reference code let the architect's
+passes update them too; nothing in the search reads them -- the supernet is only run in train
+mode, where BatchNorm normalises with batch statistics -- so this changes no gradient.)
+
+The model must offer `arch_parameters()` and `named_network_parameters()`; its loss is the MSE
+of its output (as `SearchNetwork.loss`).
 """
 
 from __future__ import annotations
@@ -40,8 +49,7 @@ class Architect:
                 raise ValueError("second-order architect step needs xi (the weights' lr)")
             loss, grads = self._unrolled_grads(train_batch, val_batch, xi, w_optimizer)
         else:
-            x, y = val_batch
-            loss = self.model.loss(x, y)
+            loss = self._call_loss({}, val_batch)  # the model's own parameters, copied buffers
             # autograd.grad, not backward(): the network weights' .grad must stay untouched
             alphas = self.model.arch_parameters()
             grads = torch.autograd.grad(loss, alphas, allow_unused=True)
@@ -54,6 +62,8 @@ class Architect:
 
     # --- second order ---------------------------------------------------------------
     def _call_loss(self, params: dict, batch) -> torch.Tensor:
+        """The loss with `params` in place of the model's own (those not named stay), on copies
+        of the buffers so that batch norm's running statistics are not updated."""
         x, y = batch
         # fresh buffer copies so the look-ahead passes do not update the running statistics
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
@@ -70,8 +80,7 @@ class Architect:
         arch = dict(zip(arch_names, alphas, strict=True))
 
         # virtual step w' = w - xi * (mu * m + dL_train/dw + wd * w)
-        x, y = train_batch
-        dw = torch.autograd.grad(model.loss(x, y), w, allow_unused=True)
+        dw = torch.autograd.grad(self._call_loss({}, train_batch), w, allow_unused=True)
         w_virtual = []
         for p, g in zip(w, dw, strict=True):
             step = (g if g is not None else torch.zeros_like(p)) + self.w_weight_decay * p.detach()

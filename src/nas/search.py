@@ -6,6 +6,10 @@ Collapse guard (documented in docs/models.md):
   replaced by their edge's best parametric op), always on by default (2);
 - `early_stop_skips` (optional) stops the search once the *uncapped* derived normal cell holds
   that many skips, keeping the previous epoch's genotype (DARTS+ style early stopping).
+
+The weights' learning rate follows a cosine from `w_lr` to `w_lr_min` over `epochs`, computed in
+closed form from the epoch count, so resuming with more epochs continues a schedule stretched to
+the new total instead of replaying the old one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from itertools import cycle
 from pathlib import Path
 
 import torch
@@ -27,6 +30,23 @@ from src.nas.supernet import SearchNetwork
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "search_checkpoint.pt"
+CHECKPOINT_KEYS = ("model", "w_optimizer", "a_optimizer", "epoch", "history", "rng")
+
+
+class SearchError(ValueError):
+    """A bad search input: an unreadable or mismatching checkpoint, an unusable device."""
+
+
+def endless(loader):
+    """Batches of `loader`, re-iterating it whenever it runs out (for the architect's val
+    batches). Unlike itertools.cycle it keeps no copy of the batches it has yielded."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise SearchError("the validation loader yields no batches")
 
 
 def _progress(enabled: bool):
@@ -45,6 +65,7 @@ class Searcher:
                  w_lr_min: float = 1e-3, w_momentum: float = 0.9, w_weight_decay: float = 3e-4,
                  grad_clip: float = 5.0, arch_lr: float = 3e-4, arch_betas=(0.5, 0.999),
                  arch_weight_decay: float = 1e-3, second_order: bool = False,
+                 fd_radius: float = 0.01,
                  warmup_epochs: int = 0, max_skip: int | None = 2,
                  early_stop_skips: int | None = None, max_steps_per_epoch: int | None = None,
                  out_dir: str | Path = ".", progress: bool = True):
@@ -53,12 +74,11 @@ class Searcher:
         self.warmup_epochs, self.max_skip = int(warmup_epochs), max_skip
         self.early_stop_skips, self.max_steps = early_stop_skips, max_steps_per_epoch
         self.out_dir, self.progress = Path(out_dir), progress
+        self.w_lr, self.w_lr_min = float(w_lr), float(w_lr_min)
         self.w_optimizer = torch.optim.SGD(model.network_parameters(), lr=w_lr,
                                            momentum=w_momentum, weight_decay=w_weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.w_optimizer, max(1, self.epochs), eta_min=w_lr_min)
         self.architect = Architect(model, arch_lr, arch_betas, arch_weight_decay, second_order,
-                                   w_momentum, w_weight_decay)
+                                   w_momentum, w_weight_decay, fd_radius)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.stopped_early = False
@@ -70,12 +90,17 @@ class Searcher:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
+    def lr_at(self, epoch: int) -> float:
+        """The weights' lr in epoch `epoch` (0-based): cosine annealing over `self.epochs`."""
+        t = min(epoch, self.epochs) / max(1, self.epochs)
+        return self.w_lr_min + (self.w_lr - self.w_lr_min) * (1 + math.cos(math.pi * t)) / 2
+
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.architect.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "supernet": getattr(self.model, "config", None),
             "epoch": self.epoch,
             "history": self.history,
             "stopped_early": self.stopped_early,
@@ -92,12 +117,31 @@ class Searcher:
         return self.checkpoint_path
 
     def load(self, path: str | Path) -> None:
+        """Continue from a checkpoint of the same supernet (SearchError otherwise)."""
+        path = Path(path)
+        if not path.is_file():
+            raise SearchError(f"resume={path}: no such checkpoint file")
         device = next(self.model.parameters()).device
-        state = torch.load(path, map_location=device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)
+        except Exception as err:  # truncated file, not a torch file, ...
+            raise SearchError(f"resume={path}: not a readable search checkpoint ({err})") from err
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise SearchError(f"resume={path}: not a search checkpoint (no {', '.join(missing)})")
+        ours, theirs = getattr(self.model, "config", None), state.get("supernet")
+        if ours is not None and theirs is not None and ours != theirs:
+            diff = "; ".join(f"{k}={theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} here"
+                             for k in ours if ours.get(k) != theirs.get(k))
+            raise SearchError(f"resume={path}: the checkpoint is of another supernet: {diff}")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:  # an old checkpoint without a recorded config
+            raise SearchError(f"resume={path}: the checkpoint does not fit this supernet "
+                              f"({err})") from err
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.architect.optimizer.load_state_dict(state["a_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # no scheduler state: fit() sets the lr from lr_at(epoch), for the new total of epochs
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         self.stopped_early = bool(state.get("stopped_early", False))
         g = state.get("genotype")
@@ -123,7 +167,9 @@ class Searcher:
             while self.epoch < self.epochs and not self.stopped_early:
                 t0 = time.perf_counter()
                 self.model.train()
-                lr = self.scheduler.get_last_lr()[0]
+                lr = self.lr_at(self.epoch)
+                for group in self.w_optimizer.param_groups:
+                    group["lr"] = lr
                 search_alphas = self.epoch >= self.warmup_epochs
                 task = (bar.add_task(f"search epoch {self.epoch + 1}/{self.epochs}", total=steps,
                                      info="") if bar is not None else None)
@@ -132,7 +178,7 @@ class Searcher:
                     # a fresh shuffle each epoch (and the same one again after a resume)
                     if hasattr(getattr(loader, "sampler", None), "set_epoch"):
                         loader.sampler.set_epoch(self.epoch)
-                val_iter = cycle(val_loader)
+                val_iter = endless(val_loader)
                 device = next(self.model.parameters()).device
                 for step, (x, y) in enumerate(train_loader):
                     if step >= steps:
@@ -145,7 +191,6 @@ class Searcher:
                     w_losses.append(self._weight_step(x, y))
                     if bar is not None:
                         bar.update(task, advance=1, info=f"loss {w_losses[-1]:.4f}")
-                self.scheduler.step()
                 self.epoch += 1
                 self._end_epoch(w_losses, a_losses, lr, time.perf_counter() - t0)
                 self.save()

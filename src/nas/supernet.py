@@ -101,6 +101,11 @@ class SearchNetwork(nn.Module):
         self.reductions = list(default_reductions(n_cells) if reductions is None else reductions)
         # PC-DARTS pairs partial channels with edge normalisation to steady edge selection
         self.edge_norm = (pc_k > 1) if edge_norm is None else bool(edge_norm)
+        # everything that fixes the tensors' shapes: a checkpoint records it, a resume checks it
+        self.config = {"in_channels": in_channels, "n_params": n_params, "C": C,
+                       "n_cells": n_cells, "reductions": self.reductions, "steps": steps,
+                       "multiplier": multiplier, "stem_multiplier": stem_multiplier,
+                       "pc_k": pc_k, "edge_norm": self.edge_norm, "hidden": list(hidden)}
         C_curr = stem_multiplier * C
         self.stem = ConvBNAct(in_channels, C_curr, 3, padding=1)
         C_pp, C_p, C_curr = C_curr, C_curr, C
