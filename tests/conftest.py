@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
@@ -27,6 +28,15 @@ SMALL_OVERRIDES = [
     "~callbacks.progress",
     "data.batch_size=2",
 ]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test, restored after it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,9 @@ from torch.func import functional_call
 from src.nas.architect import Architect
 from src.nas.supernet import SearchNetwork
 
+# tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _toy(seed=0, **kw):
     torch.manual_seed(seed)
@@ -93,10 +96,3 @@ def test_architect_step_leaves_batchnorm_running_stats_alone(second_order):
     assert any(not torch.equal(b, buffers[n]) for n, b in net.named_buffers())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: intra-op threads only add contention on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

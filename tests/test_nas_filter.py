@@ -1,12 +1,14 @@
 """The model filter sizes a DARTS network to a target training FLOPs per sample, on meta."""
 
 import pytest
-import torch
 
 from src.models.darts_net import DartsNet
 from src.nas.genotype import reference_genotype
 from src.nas.model_filter import FilterError, choose_channels, count_cost
 from src.perf.flops import flops_per_sample
+
+# tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GENOTYPE = reference_genotype("sep_conv_3")
 SHAPE = (1, 32, 32, 32)
@@ -62,10 +64,3 @@ def test_count_cost_reports_parameters():
     assert rec["flops_per_sample_train"] > 0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: intra-op threads only add contention on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -14,6 +14,9 @@ from src.nas.genotype import REPO_ROOT, load_genotype_file, reference_genotype, 
 from src.nas.model_filter import count_cost
 from tests.conftest import compose_cfg
 
+# tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TARGETS = {"medium": 4e12, "large": 16e12}  # the paper's training FLOPs per sample at 128^3
 
 
@@ -89,10 +92,3 @@ def test_docs_table_matches_counted_costs():
         assert counted["flops_per_sample_train"] / 1e9 == pytest.approx(train_g, abs=6e-4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a shared 2-core CPU: one intra-op thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

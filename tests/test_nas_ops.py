@@ -8,6 +8,9 @@ import torch
 from src.nas.ops import PRIMITIVES, FactorizedReduce, Pool, make_op
 from src.nas.supernet import MixedOp, channel_shuffle
 
+# tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize("d", [8, 5])
 @pytest.mark.parametrize("stride", [1, 2])
@@ -67,10 +70,3 @@ def test_channel_shuffle_is_a_permutation():
     assert y == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: intra-op threads only add contention on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
