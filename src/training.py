@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from src.models.regressor import CosmoRegressor
@@ -103,7 +104,12 @@ def end_wandb_run() -> None:
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    return [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb and "_target_" in cb]
+    callbacks = [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values()
+                 if cb and "_target_" in cb]
+    if not cfg.get("trainer", {}).get("enable_progress_bar", True):
+        # trainer.enable_progress_bar=false alone must be enough (Lightning refuses a bar callback)
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    return callbacks
 
 
 def config_summary(cfg: DictConfig, trainer, dm) -> dict:

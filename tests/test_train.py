@@ -57,6 +57,12 @@ def test_default_loggers_run_offline_one_wandb_run_per_job(train_cfg, tmp_path, 
     assert [len(r) for r in runs] == [1, 1]
 
 
+def test_progress_bar_off_needs_no_other_override(train_cfg):
+    # the default callbacks hold a RichProgressBar; Lightning refuses it with the bar disabled
+    result = run(train_cfg("+callbacks.progress._target_=lightning.pytorch.callbacks.RichProgressBar"))
+    assert result["status"] == "complete"
+
+
 def test_lars_option_trains(train_cfg):
     result = run(train_cfg("optim.lars.enabled=true", "optim.warmup_steps=1"))
     assert math.isfinite(result["metrics"]["train/loss"])
