@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.nas.depthwise import run_depthwise
+
 # Order matters: it is the column order of the alphas and is written into every genotype file.
 PRIMITIVES: tuple[str, ...] = (
     "none",
@@ -55,6 +57,14 @@ class DilConv(nn.Sequential):
             nn.BatchNorm3d(C_out, affine=affine),
             _act(),
         )
+
+    def forward(self, x):
+        # the depthwise conv stays a plain nn.Conv3d (state_dict, thop, hooks); on CPU its
+        # backward runs through the flipped-kernel forward conv (src/nas/depthwise.py)
+        x = run_depthwise(self[0], x)
+        for m in list(self)[1:]:
+            x = m(x)
+        return x
 
 
 class SepConv(nn.Sequential):
