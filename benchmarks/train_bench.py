@@ -103,7 +103,7 @@ def lightning_run(args, data_dir, out_dir, with_monitor: bool, extra=()) -> dict
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=dm)
     monitor = next((cb.metrics for cb in callbacks if getattr(cb, "metrics", None)), {})
-    return {"samples_per_s": timer.samples_per_s, **{k: monitor.get(k) for k in ("mfu", "data_wait_frac", "tflops_per_device", "peak_flops_per_device", "peak_flops_source")}}
+    return {"samples_per_s": timer.samples_per_s, **{k: monitor.get(k) for k in ("mfu", "data_wait_frac", "loop_gap_frac", "tflops_per_device", "peak_flops_per_device", "peak_flops_source")}}
 
 
 def plain_loop(args, channels, n_params, channels_last=False, autocast=None, compile_net=False) -> float:
@@ -185,7 +185,7 @@ def main() -> None:
     summary = {name: med(name) for name in variants}
     summary["lightning_vs_plain"] = med("lightning_default") / med("plain_fp32")
     summary["callback_overhead"] = 1 - med("lightning_default") / med("lightning_no_monitor")
-    for key in ("mfu", "data_wait_frac", "tflops_per_device", "peak_flops_per_device"):
+    for key in ("mfu", "data_wait_frac", "loop_gap_frac", "tflops_per_device", "peak_flops_per_device"):
         summary[key] = med("lightning_default", key)
     summary["peak_flops_source"] = results["lightning_default"][-1].get("peak_flops_source")
     summary["setup"] = {"trainer": args.trainer, "model": args.model, "size": args.size, "batch": args.batch, "steps": args.steps,

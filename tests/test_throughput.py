@@ -134,6 +134,39 @@ def test_data_wait_is_seen(tmp_path):
     assert 0.075 <= m["data_wait_frac"] * m["step_time_s"] < m["step_time_s"]
 
 
+class SlowLogger(CSVLogger):
+    """Per-step logging that costs 30 ms: loop work between batches, not data loading."""
+
+    def log_metrics(self, metrics, step=None):
+        time.sleep(0.03)
+        super().log_metrics(metrics, step)
+
+
+def test_timed_loader_separates_data_wait_from_loop_work(tmp_path):
+    from src.datamodules.cosmo import TimedDataLoader
+
+    def run(sleep_s, logger):
+        mon = ThroughputMonitor(warmup_steps=1, window_steps=4, peak_flops=1e11, roofline=False,
+                                log_windows=False)
+        torch.manual_seed(0)
+        trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[mon], logger=logger,
+                            log_every_n_steps=1, max_steps=5, limit_val_batches=0,
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path)
+        loader = TimedDataLoader(Cubes(32, sleep_s), batch_size=B)
+        trainer.fit(Tiny(), loader)
+        assert loader.fetch_s >= 5 * B * sleep_s  # every fetch went through the counter
+        return mon.metrics
+
+    slow_log = run(0.0, SlowLogger(tmp_path))
+    assert slow_log["data_wait_source"] == "loader"
+    step = slow_log["step_time_s"]
+    assert slow_log["loop_gap_frac"] * step >= 0.025  # the logging is between the batches...
+    assert slow_log["data_wait_frac"] * step < 0.01  # ...but it is not data wait
+    slow_data = run(0.01, False)  # >= 40 ms of reading per batch
+    assert slow_data["data_wait_frac"] * slow_data["step_time_s"] >= 0.035
+
+
 def test_validation_is_not_training_time(tmp_path):
     mon = ThroughputMonitor(warmup_steps=1, window_steps=100, peak_flops=1e11, roofline=False)
     # a 0.5 s validation after batches 2, 4 and 6: all inside the (partial) measured window

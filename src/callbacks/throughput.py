@@ -1,8 +1,12 @@
 """ThroughputMonitor: achieved FLOP/s, MFU, data-wait share and memory of a training run.
 
 Timing model (host clock, one record per train batch):
-- a step's *data wait* is the time from the end of the previous batch (on_train_batch_end)
-  to the start of this one (on_train_batch_start): what the loop spends getting the batch;
+- a step's *data wait* is the time the loop spends blocked getting the batch. A loader with a
+  `fetch_s` counter (src.datamodules.cosmo.TimedDataLoader: time inside `next()`) gives it
+  exactly (`data_wait_source = "loader"`); any other loader falls back to the whole gap from
+  the end of the previous batch to the start of this one, which also holds the loop's own
+  per-step work such as logging (`data_wait_source = "gap"`, an upper bound). The gap is
+  reported as `loop_gap_frac` either way;
 - a *window* is `window_steps` consecutive steps after `warmup_steps`; its time is the wall
   clock between its two edges minus pauses that are not training (validation, epoch ends,
   checkpointing, our own FLOP counting). On GPU the device is synchronised only at window
@@ -43,6 +47,8 @@ class _Window:
     samples: int = 0
     wait_s: float = 0.0
     paused_s: float = 0.0
+    fetch0: float | None = None  # the loader's fetch_s when the window opened
+    fetched_s: float | None = None  # time blocked in the loader's next() inside the window
 
     def elapsed(self, now: float) -> float:
         return max(now - self.t0 - self.paused_s, 1e-12)
@@ -54,13 +60,15 @@ class _Totals:
     samples: int = 0
     time_s: float = 0.0
     wait_s: float = 0.0
+    gap_s: float = 0.0
     paused_s: float = 0.0
 
     def add(self, w: _Window, elapsed: float) -> None:
         self.steps += w.steps
         self.samples += w.samples
         self.time_s += elapsed
-        self.wait_s += w.wait_s
+        self.wait_s += w.wait_s if w.fetched_s is None else w.fetched_s
+        self.gap_s += w.wait_s
         self.paused_s += w.paused_s
 
 
@@ -120,6 +128,7 @@ class ThroughputMonitor(Callback):
         self._measuring = False
         self._warmup = _Totals()
         self._totals = _Totals()
+        self._loader = None  # the train loader, read for its fetch_s counter
         self._prev_end: float | None = None
         self._pause = 0.0  # non-training time since the previous batch ended
         self._val_t0: float | None = None
@@ -159,6 +168,8 @@ class ThroughputMonitor(Callback):
             self._static.update(mem_bandwidth_bytes_per_s=bw, mem_bandwidth_source=bw_source)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._loader = trainer.train_dataloader
+        self._static["data_wait_source"] = "gap" if self._fetch_s() is None else "loader"
         now = time.perf_counter()
         if self._window is None:
             self._open_window(now, measuring=self.warmup_steps == 0)
@@ -225,12 +236,21 @@ class ThroughputMonitor(Callback):
         self._prev_end = time.perf_counter()
 
     def _open_window(self, now: float, measuring: bool) -> None:
-        self._window = _Window(t0=now)
+        self._window = _Window(t0=now, fetch0=self._fetch_s())
         self._measuring = measuring
 
     def _close_window(self) -> float:
         self._sync()
-        return time.perf_counter()
+        now = time.perf_counter()
+        w, fetch = self._window, self._fetch_s()
+        if w is not None and w.fetch0 is not None and fetch is not None:
+            w.fetched_s = fetch - w.fetch0
+        return now
+
+    def _fetch_s(self) -> float | None:
+        """Seconds the train loader has spent in next() so far, if it keeps that count."""
+        value = getattr(self._loader, "fetch_s", None)
+        return None if value is None else float(value)
 
     # ---- once per run: cost model and memory --------------------------------------------------
 
@@ -265,16 +285,19 @@ class ThroughputMonitor(Callback):
         world = max(int(trainer.world_size), 1)
         sps = t.samples / t.time_s if t.time_s > 0 else 0.0
         local = [sps, t.time_s / max(t.steps, 1), t.wait_s / t.time_s if t.time_s else 0.0,
-                 float(t.steps), float(t.samples), t.paused_s]
+                 float(t.steps), float(t.samples), t.paused_s,
+                 t.gap_s / t.time_s if t.time_s else 0.0]
         vec = torch.tensor(local, dtype=torch.float64, device=pl_module.device)
         if world > 1:
             vec = trainer.strategy.reduce(vec, reduce_op="sum")
-        sps_sum, step_sum, wait_sum, steps_sum, samples_sum, paused_sum = vec.tolist()
+        sps_sum, step_sum, wait_sum, steps_sum, samples_sum, paused_sum, gap_sum = vec.tolist()
         out: dict[str, float] = {
             "samples_per_s": sps_sum,
             "samples_per_s_per_device": sps_sum / world,
             "step_time_s": step_sum / world,
             "data_wait_frac": wait_sum / world,
+            # whole time between batches (loader + the loop's own per-step work, e.g. logging)
+            "loop_gap_frac": gap_sum / world,
             "throughput_steps": steps_sum / world,
             "throughput_samples": samples_sum,
             # time inside the windows that was not training (validation, epoch ends, ...)

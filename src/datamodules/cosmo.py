@@ -98,6 +98,37 @@ class CosmoDataset(Dataset):
         return np.flip(x, flips) if flips else x
 
 
+class TimedDataLoader(DataLoader):
+    """A DataLoader that adds up the seconds spent blocked in `next()` (`fetch_s`): the
+    loader's real share of a training step, apart from the loop's other work between steps
+    (the ThroughputMonitor reads it for `data_wait_frac`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fetch_s = 0.0
+
+    def __iter__(self):
+        return _TimedIterator(super().__iter__(), self)
+
+
+class _TimedIterator:
+    def __init__(self, iterator, owner: TimedDataLoader):
+        self._iterator, self._owner = iterator, owner
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self._iterator)
+        finally:
+            self._owner.fetch_s += time.perf_counter() - start
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+
 class ShardSampler(Sampler):
     """Rank `rank` owns positions rank, rank+world, ... for the whole run (so a staged shard
     stays valid); the order inside the shard is reshuffled each epoch from (seed, epoch)."""
@@ -301,7 +332,7 @@ class CosmoDataModule(L.LightningDataModule):
         rank, world = self._world()
         sampler = ShardSampler(len(dataset), rank, world, shuffle, self.seed, equal)
         workers = int(self.num_workers)
-        return DataLoader(
+        return TimedDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
