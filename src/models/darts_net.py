@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from src.models.cosmoflow import DenseHead
 from src.nas.genotype import Genotype, load_genotype_file
-from src.nas.ops import ConvBNAct, FactorizedReduce, make_op
+from src.nas.ops import ConvBNAct, FactorizedReduce, cell_stack, make_op
 from src.nas.supernet import default_reductions
 
 
@@ -29,6 +29,7 @@ class Cell(nn.Module):
         self.pre1 = ConvBNAct(C_p, C, 1)
         edges = genotype.reduce if reduction else genotype.normal
         self.concat = genotype.reduce_concat if reduction else genotype.normal_concat
+        self.out_channels = len(self.concat) * C
         self.steps = len(edges) // 2
         self.inputs = [j for _, j in edges]
         self.ops = nn.ModuleList(
@@ -74,19 +75,9 @@ class DartsNet(nn.Module):
         self.genotype, self.C, self.n_cells = genotype, C, n_cells
         self.reductions, self.input_size = reductions, input_size
 
-        C_curr = stem_multiplier * C
-        self.stem = ConvBNAct(in_channels, C_curr, 3, padding=1)
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(n_cells):
-            reduction = i in reductions
-            if reduction:
-                C_curr *= 2
-            cell = Cell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            C_pp, C_p = C_p, len(cell.concat) * C_curr
+        self.stem, self.cells, C_p = cell_stack(
+            in_channels, C, stem_multiplier, n_cells, reductions,
+            lambda C_pp, C_p, C_curr, red, red_prev: Cell(genotype, C_pp, C_p, C_curr, red, red_prev))
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.head = DenseHead(C_p, n_params, tuple(hidden), dropout, negative_slope)
 

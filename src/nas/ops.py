@@ -154,3 +154,28 @@ def make_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
     if name not in OPS:
         raise KeyError(f"unknown operation {name!r}; known: {sorted(OPS)}")
     return OPS[name](C, stride, affine)
+
+
+def cell_stack(in_channels: int, C: int, stem_multiplier: int, n_cells: int,
+               reductions, make_cell) -> tuple[nn.Module, nn.ModuleList, int]:
+    """DARTS' skeleton, shared by the search supernet and the final network: a k=3 stem to
+    `stem_multiplier * C` channels, then `n_cells` cells, each fed by the two before it, with
+    the cell width doubling at each reduction cell.
+
+    `make_cell(C_pp, C_p, C, reduction, reduction_prev)` builds one cell, whose output has
+    `cell.out_channels` channels. Returns (stem, cells, channels of the last cell).
+    """
+    C_curr = stem_multiplier * C
+    stem = ConvBNAct(in_channels, C_curr, 3, padding=1)
+    C_pp, C_p, C_curr = C_curr, C_curr, C
+    cells = nn.ModuleList()
+    reduction_prev = False
+    for i in range(n_cells):
+        reduction = i in reductions
+        if reduction:
+            C_curr *= 2
+        cell = make_cell(C_pp, C_p, C_curr, reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        C_pp, C_p = C_p, cell.out_channels
+    return stem, cells, C_p

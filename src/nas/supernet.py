@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.nas.genotype import Genotype, derive_genotype, edge_softmax
-from src.nas.ops import PRIMITIVES, ConvBNAct, FactorizedReduce, make_op
+from src.nas.ops import PRIMITIVES, ConvBNAct, FactorizedReduce, cell_stack, make_op
 
 
 def default_reductions(n_cells: int) -> list[int]:
@@ -63,6 +63,7 @@ class SearchCell(nn.Module):
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, pc_k=1):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
+        self.out_channels = multiplier * C
         self.pre0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
                      else ConvBNAct(C_pp, C, 1, affine=False))
         self.pre1 = ConvBNAct(C_p, C, 1, affine=False)
@@ -106,19 +107,10 @@ class SearchNetwork(nn.Module):
                        "n_cells": n_cells, "reductions": self.reductions, "steps": steps,
                        "multiplier": multiplier, "stem_multiplier": stem_multiplier,
                        "pc_k": pc_k, "edge_norm": self.edge_norm, "hidden": list(hidden)}
-        C_curr = stem_multiplier * C
-        self.stem = ConvBNAct(in_channels, C_curr, 3, padding=1)
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(n_cells):
-            reduction = i in self.reductions
-            if reduction:
-                C_curr *= 2
-            self.cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction,
-                                         reduction_prev, pc_k))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, multiplier * C_curr
+        self.stem, self.cells, C_p = cell_stack(
+            in_channels, C, stem_multiplier, n_cells, self.reductions,
+            lambda C_pp, C_p, C_curr, red, red_prev: SearchCell(
+                steps, multiplier, C_pp, C_p, C_curr, red, red_prev, pc_k))
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.head = DenseHead(C_p, n_params, tuple(hidden), dropout, negative_slope)
 
