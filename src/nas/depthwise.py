@@ -1,10 +1,12 @@
 """Depthwise 3D convolution with a faster CPU backward.
 
 torch's CPU kernels compute the input gradient of a depthwise (groups == channels) conv3d about
-ten times slower than the forward. The input gradient is itself a depthwise convolution: a
-stride-1 correlation of the (zero-upsampled, for stride > 1) output gradient with the spatially
-flipped kernel, same dilation. That runs at forward speed. The weight gradient stays torch's
-(`aten.convolution_backward` with only the weight requested); nothing faster and exact was found.
+ten times slower than the forward. For stride 1 the input gradient is itself a depthwise
+convolution: the correlation of the output gradient with the spatially flipped kernel, same
+dilation, at forward speed (strided convs keep torch's backward: zero-insertion measured
+slower). The weight gradient stays torch's (`aten.convolution_backward` with only the weight
+requested); nothing faster and exact was found. Dilated 'same' convs run as undilated ones
+(`_undilated`).
 
 Only CPU tensors that need a gradient take the custom path; CUDA (cuDNN is fine), the meta device
 (FLOP counting), no-grad / inference calls and modules carrying hooks (thop, traffic counting)
@@ -31,50 +33,38 @@ def set_fast_depthwise(enabled: bool) -> bool:
     return previous
 
 
-def fast_depthwise_enabled() -> bool:
-    return _ENABLED
-
-
 def _triple(v) -> tuple[int, int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
-def _upsampled_layout(in_size, out_size, k, stride, padding, dilation):
-    """Per axis (left pad P, right pad R) of the zero-upsampled grad_output, or None when the
-    flipped-kernel formula does not apply (negative padding)."""
+def _flipped_pads(in_size, out_size, k, padding, dilation):
+    """Per axis (left, right) zero padding of a stride-1 grad_output such that its correlation
+    with the flipped kernel is grad_input; None where a padding would be negative."""
     pads = []
-    for n, no, kk, s, p, d in zip(in_size, out_size, k, stride, padding, dilation, strict=True):
-        L = (no - 1) * s + 1
-        P = d * (kk - 1) - p
-        R = n - L + p
-        if P < 0 or R < 0:
+    for n, no, kk, p, d in zip(in_size, out_size, k, padding, dilation, strict=True):
+        left, right = d * (kk - 1) - p, n - no + p
+        if left < 0 or right < 0:
             return None
-        pads.append((P, R))
+        pads.append((left, right))
     return pads
 
 
 def _grad_input(g, w, in_shape, stride, padding, dilation, groups, x_like):
-    in_size = tuple(in_shape[2:])
-    k = tuple(w.shape[2:])
-    pads = _upsampled_layout(in_size, tuple(g.shape[2:]), k, stride, padding, dilation)
-    if pads is None or any(s != 1 for s in stride):
+    pads = None
+    if all(s == 1 for s in stride):
+        pads = _flipped_pads(tuple(in_shape[2:]), tuple(g.shape[2:]), tuple(w.shape[2:]),
+                             padding, dilation)
+    if pads is None:
         # strided: torch's own kernel (zero-insertion + flipped conv measured slower at 32^3)
         return torch.ops.aten.convolution_backward(
             g, x_like, w, None, list(stride), list(padding), list(dilation), False, [0, 0, 0],
             groups, [True, False, False])[0]
     wf = w.flip(2, 3, 4)
-    if all(s == 1 for s in stride) and all(P == R for P, R in pads):
-        return F.conv3d(g, wf, None, 1, [P for P, _ in pads], dilation, groups)
-    # zero-insert the output gradient at stride spacing, then a stride-1 correlation
-    shape = (g.shape[0], g.shape[1]) + tuple(P + (no - 1) * s + 1 + R for (P, R), no, s
-                                             in zip(pads, g.shape[2:], stride, strict=True))
-    fmt = (torch.channels_last_3d if g.is_contiguous(memory_format=torch.channels_last_3d)
-           and not g.is_contiguous() else torch.contiguous_format)
-    up = torch.zeros(shape, dtype=g.dtype, device=g.device).contiguous(memory_format=fmt)
-    idx = tuple(slice(P, P + (no - 1) * s + 1, s) for (P, _), no, s
-                in zip(pads, g.shape[2:], stride, strict=True))
-    up[(slice(None), slice(None)) + idx] = g
-    return F.conv3d(up, wf, None, 1, 0, dilation, groups)
+    if all(left == right for left, right in pads):
+        return F.conv3d(g, wf, None, 1, [left for left, _ in pads], dilation, groups)
+    # F.pad lists the last axis first
+    return F.conv3d(F.pad(g, [v for pad in reversed(pads) for v in pad]), wf, None, 1, 0,
+                    dilation, groups)
 
 
 class _DepthwiseConv3dFn(torch.autograd.Function):
