@@ -18,9 +18,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src.launch import LaunchError, isolated_job, launch_local, needs_local_launch
-from src.models.cosmoflow import ModelConfigError
-from src.sim.store import DataError
 from src.training import (
+    BAD_INPUT_ERRORS,
     ERROR_FILE,
     METRICS_FILE,
     finished_result,
@@ -59,7 +58,7 @@ def main(cfg: DictConfig) -> None:
         cfg.sweep_group = Path(hydra_cfg.sweep.dir).name
     try:
         result = run(cfg)
-    except (DataError, ModelConfigError, LaunchError) as err:
+    except (*BAD_INPUT_ERRORS, LaunchError) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and goes on with the sweep
         # bad input or a failed rank: one line naming the culprit (details in error.txt)

@@ -211,9 +211,7 @@ def _rank0_error(out_dir: Path) -> str | None:
 def main(cfg_path: str) -> None:
     import torch
 
-    from src.models.cosmoflow import ModelConfigError
-    from src.sim.store import DataError
-    from src.training import fit_job, record_failure
+    from src.training import BAD_INPUT_ERRORS, fit_job, record_failure
 
     cfg = OmegaConf.load(cfg_path)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -223,7 +221,7 @@ def main(cfg_path: str) -> None:
         rank0 = os.environ.get("NODE_RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
         if rank0:
             record_failure(Path(cfg.paths.output_dir), err)
-        if isinstance(err, (DataError, ModelConfigError)):
+        if isinstance(err, BAD_INPUT_ERRORS):
             # bad input: rank 0's error reaches the user once, through the launcher
             if not rank0:
                 print(f"error: {err}", file=sys.stderr)

@@ -22,12 +22,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from src.models.cosmoflow import ModelConfigError
 from src.models.regressor import CosmoRegressor
+from src.sim.store import DataError
 from src.sysinfo import system_info
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+# bad input (data, model config): one line naming the culprit is enough, no traceback
+BAD_INPUT_ERRORS = (DataError, ModelConfigError)
 ERROR_FILE = "error.txt"
 
 

@@ -43,14 +43,13 @@ def parse_fraction(value) -> float:
 class CosmoDataset(Dataset):
     """Samples `(file index, sub-volume index)` of HDF5 files; returns (x, y) tensors."""
 
-    def __init__(self, files, index, labels, transform="log1p", augment=False, cache=None, seed=0):
+    def __init__(self, files, index, labels, transform="log1p", augment=False, cache=None):
         self.files = [str(f) for f in files]
         self.index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
         self.labels = np.asarray(labels, dtype=np.float32)
         self.transform = TRANSFORMS[transform]
         self.augment = augment
         self.cache = cache or {}  # optional in-RAM staging: sample position -> array
-        self.seed = seed
         self._handles: dict[int, h5py.File] = {}
         self._pid = None
 
@@ -91,8 +90,8 @@ class CosmoDataset(Dataset):
     def _random_symmetry(x: np.ndarray) -> np.ndarray:
         # A periodic box has no preferred axis or direction: flips and axis permutations
         # of the cube are label-preserving.
-        # torch's generator: seeded by `seed` (and per loader worker by Lightning's
-        # seed_everything(workers=True)), so an augmented run is reproducible
+        # torch's generator: seeded from the run's `seed` (per loader worker too, by
+        # Lightning's seed_everything(workers=True)), so an augmented run is reproducible
         x = np.transpose(x, (0, *(1 + torch.randperm(3).numpy())))
         flips = tuple(1 + a for a in range(3) if torch.rand(()) < 0.5)
         return np.flip(x, flips) if flips else x
@@ -289,7 +288,7 @@ class CosmoDataModule(L.LightningDataModule):
         if self.stage:
             mine = ShardSampler(n_take, rank, world, False, self.seed, equal=True).positions
             files, cache = self._stage(files, mine, train_index)
-        self.train_set = CosmoDataset(files, train_index, labels, self.transform, self.augment, cache, self.seed)
+        self.train_set = CosmoDataset(files, train_index, labels, self.transform, self.augment, cache)
         self.val_set = CosmoDataset(files, self._samples(val_sims, n_subs), labels, self.transform)
         if 0 < len(self.val_set) < world:  # a rank without a batch would hang the metric reduce
             raise DataError(
