@@ -16,7 +16,6 @@ device that is not there) ends in one line on stderr naming the culprit and exit
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import sys
 import time
@@ -33,20 +32,24 @@ from src.nas.model_filter import FilterError, choose_channels, count_cost
 from src.nas.ops import PRIMITIVES
 from src.nas.search import CHECKPOINT_NAME, Searcher, SearchError
 from src.nas.supernet import SearchNetwork, default_reductions
-from src.sim.store import DataError
+from src.sim.store import DataError, file_checksum
+from src.training import build_datamodule
 
 log = logging.getLogger(__name__)
 
 
-def _network_builder(cfg: DictConfig, genotype: Genotype, in_channels: int, n_params: int):
-    net_cfg = cfg.network
+def _reductions(cfg: DictConfig, n_cells: int) -> list[int]:
+    """The configured reduction cells, or DARTS' default placement for another depth."""
+    if n_cells == int(cfg.network.n_cells):
+        return list(cfg.network.reductions)
+    return default_reductions(n_cells)
 
+
+def _network_builder(cfg: DictConfig, genotype: Genotype, in_channels: int, n_params: int):
     def build(C: int, n_cells: int):
-        reductions = (list(net_cfg.reductions) if n_cells == int(net_cfg.n_cells)
-                      else default_reductions(n_cells))
         return DartsNet(in_channels, int(cfg.filter.input_size), n_params, genotype, C=C,
-                        n_cells=n_cells, reductions=reductions,
-                        stem_multiplier=int(net_cfg.stem_multiplier))
+                        n_cells=n_cells, reductions=_reductions(cfg, n_cells),
+                        stem_multiplier=int(cfg.network.stem_multiplier))
     return build
 
 
@@ -63,8 +66,7 @@ def _filter(cfg: DictConfig, genotype: Genotype, in_channels: int, n_params: int
 
 def _dataset_record(dm: CosmoDataModule) -> dict:
     manifest_path = Path(dm.data_dir) / "manifest.json"
-    digest = (hashlib.sha256(manifest_path.read_bytes()).hexdigest()
-              if manifest_path.is_file() else None)
+    digest = file_checksum(manifest_path) if manifest_path.is_file() else None
     return {
         "dir": str(Path(dm.data_dir).resolve()),
         "manifest_sha256": digest,
@@ -102,8 +104,7 @@ def run(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     s = cfg.search
 
-    dm = CosmoDataModule(**{k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
-                            if k != "_target_"})
+    dm = build_datamodule(cfg)
     dm.setup("fit")
     in_channels = dm.sample_shape[0]
     filter_channels = int(cfg.filter.in_channels or in_channels)
@@ -150,8 +151,7 @@ def run(cfg: DictConfig) -> dict:
     # 3. the width re-fitted to the genotype actually found
     final = _filter(cfg, genotype, filter_channels, dm.n_params)
     n_cells = int(final["n_cells"])
-    reductions = (list(cfg.network.reductions) if n_cells == int(cfg.network.n_cells)
-                  else default_reductions(n_cells))
+    reductions = _reductions(cfg, n_cells)
     build = _network_builder(cfg, genotype, in_channels, dm.n_params)
     at_data = count_cost(lambda: build(final["C"], n_cells), dm.sample_shape)
 
