@@ -1,0 +1,54 @@
+"""Profile one training step (forward, MSE, backward, Adam) of a model: the top operators.
+
+    python benchmarks/profile_step.py --model medium --size 32 --batch 2
+    SAIH_FAST_DEPTHWISE=0 python benchmarks/profile_step.py ...   # torch's depthwise backward
+
+channels_last_3d as in the CPU defaults; one warm-up step, then one profiled step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="medium")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=12)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={args.model}"])
+    cl = torch.channels_last_3d
+    net = instantiate(cfg.model.net, in_channels=1, input_size=args.size, n_params=3).to(memory_format=cl)
+    x = torch.randn(args.batch, 1, args.size, args.size, args.size).contiguous(memory_format=cl)
+    y = torch.rand(args.batch, 3) * 2 - 1
+    opt = torch.optim.Adam(net.parameters())
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(f"model={args.model} {args.size}^3 batch {args.batch}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
