@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.nas.depthwise import depthwise_conv3d, run_depthwise, set_fast_depthwise
+from src.nas.depthwise import depthwise_conv3d, run_avg_pool, run_depthwise, set_fast_depthwise
 from src.nas.ops import make_op
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,8 +38,9 @@ def _fmt(t):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("k", [3, 5])
-# (5, 6, 7): too small for the space-to-batch rewrite at d=2; (9, 8, 11): odd and large enough
-@pytest.mark.parametrize("size", [(5, 6, 7), (9, 8, 11), (8, 8, 8)])
+# (5, 6, 7): too small for the space-to-batch rewrite at d=2; (9, 8, 11): odd and large enough;
+# (4, 3, 5): the k=5 taps at dilation 2 that only see padding are cropped
+@pytest.mark.parametrize("size", [(5, 6, 7), (9, 8, 11), (8, 8, 8), (4, 3, 5)])
 def test_matches_torch_autograd_float64(k, dilation, stride, channels_last, size):
     torch.manual_seed(0)
     C = 5
@@ -151,3 +152,33 @@ def test_float32_channels_last_layout_and_values(stride, dilation):
     torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gw1, gw0, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(2, 2, 2), (5, 6, 7), (8, 8, 8)])
+def test_avg_pool_op_as_depthwise_conv_matches_torch(stride, size, channels_last):
+    """The DARTS avg_pool_3 op takes the depthwise-conv path on CPU training: same values and
+    input gradient as padding-excluded avg_pool3d, channels_last kept."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    op = make_op("avg_pool_3", 4, stride)
+    ref = op.pool
+    xs = [x.detach().clone().requires_grad_(True) for _ in range(2)]
+    if min(size) >= 3:
+        y0 = ref(xs[0])
+    else:  # torch refuses cubes below the kernel size: reference by explicit padding
+        total = F.avg_pool3d(F.pad(xs[0], (1,) * 6), 3, stride, 0)
+        y0 = total / F.avg_pool3d(F.pad(torch.ones_like(xs[0]), (1,) * 6), 3, stride, 0)
+    y1 = op(xs[1])
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    g = _grad_like(y0)
+    y0.backward(g)
+    y1.backward(g)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-12, atol=1e-12)
+    if channels_last:
+        assert y1.is_contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():  # inference keeps torch's pool (and what thop counts)
+        assert run_avg_pool(ref, x) is None

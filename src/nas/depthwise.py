@@ -1,12 +1,17 @@
 """Depthwise 3D convolution with a faster CPU backward.
 
-torch's CPU kernels compute the input gradient of a depthwise (groups == channels) conv3d about
-ten times slower than the forward. For stride 1 the input gradient is itself a depthwise
-convolution: the correlation of the output gradient with the spatially flipped kernel, same
-dilation, at forward speed (strided convs keep torch's backward: zero-insertion measured
-slower). The weight gradient stays torch's (`aten.convolution_backward` with only the weight
-requested); nothing faster and exact was found. Dilated 'same' convs run as undilated ones
-(`_undilated`).
+torch 2.13's CPU kernels compute both gradients of a depthwise (groups == channels) conv3d many
+times slower than the forward, worst on the small cubes deep in the network. Here:
+- input gradient, stride 1: the correlation of the output gradient with the spatially flipped
+  kernel, a forward depthwise conv (`_grad_input`); strided: a transposed conv in the
+  contiguous layout on small cubes, torch's kernel otherwise;
+- weight gradient, 5^3 kernels at stride 1: a forward depthwise conv of the padded input, batch
+  folded into channels, with the output gradient as its kernel (`folded_grad_weight`);
+  torch's otherwise;
+- dilated 'same' convs run as undilated ones (`_undilated`), and kernel taps that only ever see
+  padding are dropped (`_crop_taps`).
+Which variant is faster for which kernel and cube size was measured by `benchmarks/depthwise_grads.py`
+(docs/benchmarks.md).
 
 Only CPU tensors that need a gradient take the custom path; CUDA (cuDNN is fine), the meta device
 (FLOP counting), no-grad / inference calls and modules carrying hooks (thop, traffic counting)
@@ -24,6 +29,14 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 _ENABLED = os.environ.get("SAIH_FAST_DEPTHWISE", "1") not in ("0", "false", "False", "")
+
+# Measured by benchmarks/depthwise_grads.py on the 2-core AVX-512 VM (docs/benchmarks.md):
+# - the folded weight gradient beat torch's for 5^3 kernels at every cube size (16x at 4^3,
+#   2x at 16^3, 1.1x at 32^3) and lost for 3^3 ones;
+# - the contiguous transposed conv beat torch's strided input gradient for output cubes up to
+#   8^3 (up to 24x at 2^3) and lost at 16^3.
+_FOLD_MIN_TAPS = 4 ** 3
+_SMALL_CUBE_VOXELS = 8 ** 3
 
 
 def set_fast_depthwise(enabled: bool) -> bool:
@@ -49,13 +62,23 @@ def _flipped_pads(in_size, out_size, k, padding, dilation):
     return pads
 
 
+def _voxels(t: torch.Tensor) -> int:
+    return t.shape[2] * t.shape[3] * t.shape[4]
+
+
 def _grad_input(g, w, in_shape, stride, padding, dilation, groups, x_like):
     pads = None
     if all(s == 1 for s in stride):
         pads = _flipped_pads(tuple(in_shape[2:]), tuple(g.shape[2:]), tuple(w.shape[2:]),
                              padding, dilation)
     if pads is None:
-        # strided: torch's own kernel (zero-insertion + flipped conv measured slower at 32^3)
+        if _voxels(g) <= _SMALL_CUBE_VOXELS:
+            out_pad = [n - ((no - 1) * s - 2 * p + d * (kk - 1) + 1) for n, no, s, p, d, kk in
+                       zip(in_shape[2:], g.shape[2:], stride, padding, dilation, w.shape[2:],
+                           strict=True)]
+            if all(0 <= op < max(s, d) for op, s, d in zip(out_pad, stride, dilation, strict=True)):
+                return F.conv_transpose3d(g.contiguous(), w.contiguous(), None, stride, padding,
+                                          out_pad, groups, dilation)
         return torch.ops.aten.convolution_backward(
             g, x_like, w, None, list(stride), list(padding), list(dilation), False, [0, 0, 0],
             groups, [True, False, False])[0]
@@ -65,6 +88,32 @@ def _grad_input(g, w, in_shape, stride, padding, dilation, groups, x_like):
     # F.pad lists the last axis first
     return F.conv3d(F.pad(g, [v for pad in reversed(pads) for v in pad]), wf, None, 1, 0,
                     dilation, groups)
+
+
+def _grad_weight(g, x, w, stride, padding, dilation, groups):
+    """Large kernels at stride 1: `folded_grad_weight`; torch's weight-gradient kernel otherwise
+    (strided, the folded conv is dilated by the stride: measured slower)."""
+    if w.shape[2] * w.shape[3] * w.shape[4] < _FOLD_MIN_TAPS or any(v != 1 for v in stride):
+        return torch.ops.aten.convolution_backward(
+            g, x, w, None, list(stride), list(padding), list(dilation), False, [0, 0, 0],
+            groups, [False, True, False])[1]
+    return folded_grad_weight(g, x, w, padding, dilation)
+
+
+def folded_grad_weight(g, x, w, padding, dilation):
+    """Weight gradient of a stride-1 depthwise conv:
+    dW[c, t] = sum over n, s of x_padded[n, c, s + dilation * t] * g[n, c, s],
+    as one forward depthwise conv of the padded input with the batch folded into the channels
+    and g as the (large) kernel, its dilation as the stride; then the sum over the batch.
+    """
+    B, C = x.shape[:2]
+    xp = F.pad(x, [p for p in reversed(padding) for _ in range(2)])
+    folded = F.conv3d(xp.reshape(1, B * C, *xp.shape[2:]).contiguous(),
+                      g.reshape(B * C, 1, *g.shape[2:]).contiguous(), None, dilation, 0, 1, B * C)
+    k0, k1, k2 = w.shape[2:]
+    gw = folded[:, :, :k0, :k1, :k2].reshape(B, C, k0, k1, k2).sum(
+        0, dtype=torch.promote_types(w.dtype, torch.float32))  # bf16 grads summed in fp32
+    return gw.unsqueeze(1).to(w.dtype).contiguous(memory_format=_memory_format(w))
 
 
 class _DepthwiseConv3dFn(torch.autograd.Function):
@@ -91,9 +140,7 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
                 if x.is_contiguous(memory_format=torch.channels_last_3d):
                     gx = gx.contiguous(memory_format=torch.channels_last_3d)
             if ctx.needs_input_grad[1]:
-                gw = torch.ops.aten.convolution_backward(
-                    g, x, w, None, list(stride), list(padding), list(dilation), False,
-                    [0, 0, 0], groups, [False, True, False])[1]
+                gw = _grad_weight(g, x, w, stride, padding, dilation, groups)
         return gx, gw, None, None, None
 
 
@@ -152,17 +199,36 @@ def _fast(x, w, stride, padding, dilation):
     return _DepthwiseConv3dFn.apply(x, w, stride, padding, dilation)
 
 
+def _crop_taps(x, w, stride, padding, dilation):
+    """Drop the kernel taps of a stride-1 'same' conv that only ever see padding.
+
+    A tap at offset dilation * (j - k // 2) reaches the input only if that offset is below the
+    cube's size: a 5^3 kernel at dilation 2 on a 4^3 cube is a 3^3 one. Same output with fewer
+    multiply-adds; the dropped taps get a zero gradient through the slice. (Counted FLOPs keep
+    the whole kernel, the convention of thop and the paper's Eq. 1.)
+    """
+    if any(s != 1 for s in stride):
+        return w, padding
+    keep, new_padding = [], []
+    for n, kk, p, d in zip(x.shape[2:], w.shape[2:], padding, dilation, strict=True):
+        drop = max(0, kk // 2 - (n - 1) // d) if kk % 2 and p == d * (kk // 2) else 0
+        keep.append(slice(drop, kk - drop))
+        new_padding.append(p - d * drop)
+    if all(sl.start == 0 for sl in keep):
+        return w, padding
+    return w[:, :, keep[0], keep[1], keep[2]], tuple(new_padding)
+
+
 def depthwise_conv3d(x, w, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """`F.conv3d(x, w, None, stride, padding, dilation, groups=x.shape[1])` (no bias, integer
     padding), with the fast CPU backward when it applies."""
     stride, padding, dilation = _triple(stride), _triple(padding), _triple(dilation)
     if not _wants_fast_path(x, w):
         return F.conv3d(x, w, None, stride, padding, dilation, x.shape[1])
+    w, padding = _crop_taps(x, w, stride, padding, dilation)
     y = _undilated(x, w, stride, padding, dilation)
     if y is not None:
         return y
-    if any(s != 1 for s in stride):  # torch's own backward: nothing to gain from wrapping it
-        return F.conv3d(x, w, None, stride, padding, dilation, x.shape[1])
     return _fast(x, w, stride, padding, dilation)
 
 
@@ -186,3 +252,21 @@ def run_depthwise(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
             or _has_hooks(conv) or not _wants_fast_path(x, conv.weight)):
         return conv(x)
     return depthwise_conv3d(x, conv.weight, conv.stride, conv.padding, conv.dilation)
+
+
+def run_avg_pool(pool: nn.AvgPool3d, x: torch.Tensor) -> torch.Tensor | None:
+    """`pool(x)` for a 'same'-padded, padding-excluded average pool as a depthwise conv with a
+    kernel of ones divided by the in-bounds tap count, or None where the fast path does not apply.
+
+    torch's CPU avg_pool3d (and its backward) is several times slower than the depthwise conv
+    with the same taps, and returns the contiguous layout for channels_last_3d input.
+    """
+    k, stride, pad = _triple(pool.kernel_size), _triple(pool.stride), _triple(pool.padding)
+    if (pool.count_include_pad or pool.ceil_mode or pool.divisor_override is not None
+            or any(kk % 2 == 0 or p != kk // 2 for kk, p in zip(k, pad, strict=True))
+            or _has_hooks(pool) or not _wants_fast_path(x, x.new_empty(x.shape[1], 1, *k))):
+        return None
+    ones = x.new_ones(x.shape[1], 1, *k)
+    total = depthwise_conv3d(x, ones, stride, pad)
+    count = F.conv3d(x.new_ones(1, 1, *x.shape[2:]), ones[:1], None, stride, pad)
+    return total / count

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.nas.depthwise import run_depthwise
+from src.nas.depthwise import run_avg_pool, run_depthwise
 
 # Order matters: it is the column order of the alphas and is written into every genotype file.
 PRIMITIVES: tuple[str, ...] = (
@@ -126,6 +126,17 @@ class Pool(nn.Module):
             self.pool = nn.AvgPool3d(3, stride=stride, padding=1, count_include_pad=False)
 
     def forward(self, x):
+        y = run_avg_pool(self.pool, x) if isinstance(self.pool, nn.AvgPool3d) else None
+        if y is None:  # CPU training takes the depthwise-conv path above (~3x faster)
+            y = self._torch_pool(x)
+        # torch's CPU 3D pools return the contiguous layout for channels_last_3d input; a pool
+        # output summed with a conv output would then turn the node sum, the cell's concat and
+        # the next 1x1 conv's input contiguous too (one layout copy here instead of several)
+        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+            return y.contiguous(memory_format=torch.channels_last_3d)
+        return y
+
+    def _torch_pool(self, x):
         if isinstance(self.pool, nn.AvgPool3d) and min(x.shape[2:]) < 3:
             # torch's CPU avg_pool3d refuses inputs smaller than the kernel even with padding
             # (deep cells at small cubes reach 2^3); same result via explicit zero padding
