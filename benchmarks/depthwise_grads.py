@@ -2,6 +2,7 @@
 
     python benchmarks/depthwise_grads.py                      # the medium net's cube sizes
     python benchmarks/depthwise_grads.py --cubes 56:32:2 --repeats 9
+    python benchmarks/depthwise_grads.py --dtype bf16          # torch's bf16 kernels
 
 Per cube (channels:size:batch) and kernel size (3, 5), channels_last_3d, stride 1, medians of
 --repeats, in ms: the forward; torch's input gradient and weight gradient
@@ -37,12 +38,13 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def time_kernel(k: int, C: int, n: int, batch: int, repeats: int) -> tuple[float, ...]:
+def time_kernel(k: int, C: int, n: int, batch: int, repeats: int,
+                dtype: torch.dtype) -> tuple[float, ...]:
     """(forward, grad_input, grad_weight, flipped forward, folded grad_weight,
     stride-2 grad_input torch, stride-2 transposed conv) in ms."""
     p, cl = k // 2, torch.channels_last_3d
-    x = torch.randn(batch, C, n, n, n).contiguous(memory_format=cl)
-    w = torch.randn(C, 1, k, k, k).contiguous(memory_format=cl)
+    x = torch.randn(batch, C, n, n, n).to(dtype).contiguous(memory_format=cl)
+    w = torch.randn(C, 1, k, k, k).to(dtype).contiguous(memory_format=cl)
     g = torch.randn_like(F.conv3d(x, w, padding=p, groups=C))
     g2 = torch.randn_like(F.conv3d(x, w, stride=2, padding=p, groups=C))
     out_pad = n - ((g2.shape[2] - 1) * 2 - 2 * p + k)
@@ -67,16 +69,18 @@ def main() -> None:
     parser.add_argument("--cubes", nargs="+", default=["448:4:2", "224:8:2", "112:16:2", "56:32:2"],
                         help="channels:size:batch per cube (default: the medium net at 32^3)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, depthwise conv3d, "
-          f"channels_last_3d, median ms of {args.repeats}")
+          f"channels_last_3d, {args.dtype}, median ms of {args.repeats}")
     cols = ("forward", "grad_input", "grad_weight", "flipped_fwd", "folded_gw",
             "s2_gin_torch", "s2_gin_convT")
     print(f"{'cube':>12} {'k':>2} " + " ".join(f"{c:>12}" for c in cols))
     for cube in args.cubes:
         C, n, batch = (int(v) for v in cube.split(":"))
         for k in (3, 5):
-            times = time_kernel(k, C, n, batch, args.repeats)
+            times = time_kernel(k, C, n, batch, args.repeats, dtype)
             print(f"{cube:>12} {k:>2} " + " ".join(f"{t:>12.2f}" for t in times), flush=True)
 
 

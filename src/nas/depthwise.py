@@ -5,9 +5,9 @@ times slower than the forward, worst on the small cubes deep in the network. Her
 - input gradient, stride 1: the correlation of the output gradient with the spatially flipped
   kernel, a forward depthwise conv (`_grad_input`); strided: a transposed conv in the
   contiguous layout on small cubes, torch's kernel otherwise;
-- weight gradient, 5^3 kernels at stride 1: a forward depthwise conv of the padded input, batch
-  folded into channels, with the output gradient as its kernel (`folded_grad_weight`);
-  torch's otherwise;
+- weight gradient, stride 1 with 5^3 kernels or in bf16: a forward depthwise conv of the padded
+  input, batch folded into channels, with the output gradient as its kernel
+  (`folded_grad_weight`); torch's otherwise, in fp32 for bf16 tensors;
 - dilated 'same' convs run as undilated ones (`_undilated`), and kernel taps that only ever see
   padding are dropped (`_crop_taps`).
 Which variant is faster for which kernel and cube size was measured by `benchmarks/depthwise_grads.py`
@@ -35,8 +35,11 @@ _ENABLED = os.environ.get("SAIH_FAST_DEPTHWISE", "1") not in ("0", "false", "Fal
 #   2x at 16^3, 1.1x at 32^3) and lost for 3^3 ones;
 # - the contiguous transposed conv beat torch's strided input gradient for output cubes up to
 #   8^3 (up to 24x at 2^3) and lost at 16^3.
+# - in bf16, torch's depthwise backward kernels were 3-10x slower than its fp32 ones, casts
+#   included, and the folded weight gradient beat both for 3^3 kernels too.
 _FOLD_MIN_TAPS = 4 ** 3
 _SMALL_CUBE_VOXELS = 8 ** 3
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def set_fast_depthwise(enabled: bool) -> bool:
@@ -72,16 +75,7 @@ def _grad_input(g, w, in_shape, stride, padding, dilation, groups, x_like):
         pads = _flipped_pads(tuple(in_shape[2:]), tuple(g.shape[2:]), tuple(w.shape[2:]),
                              padding, dilation)
     if pads is None:
-        if _voxels(g) <= _SMALL_CUBE_VOXELS:
-            out_pad = [n - ((no - 1) * s - 2 * p + d * (kk - 1) + 1) for n, no, s, p, d, kk in
-                       zip(in_shape[2:], g.shape[2:], stride, padding, dilation, w.shape[2:],
-                           strict=True)]
-            if all(0 <= op < max(s, d) for op, s, d in zip(out_pad, stride, dilation, strict=True)):
-                return F.conv_transpose3d(g.contiguous(), w.contiguous(), None, stride, padding,
-                                          out_pad, groups, dilation)
-        return torch.ops.aten.convolution_backward(
-            g, x_like, w, None, list(stride), list(padding), list(dilation), False, [0, 0, 0],
-            groups, [True, False, False])[0]
+        return _in_fp32(_strided_grad_input, g, w, x_like, stride, padding, dilation, groups)
     wf = w.flip(2, 3, 4)
     if all(left == right for left, right in pads):
         return F.conv3d(g, wf, None, 1, [left for left, _ in pads], dilation, groups)
@@ -90,14 +84,43 @@ def _grad_input(g, w, in_shape, stride, padding, dilation, groups, x_like):
                     dilation, groups)
 
 
+def _strided_grad_input(g, w, x_like, stride, padding, dilation, groups):
+    """A transposed conv in the contiguous layout on small output cubes, torch's kernel
+    otherwise."""
+    if _voxels(g) <= _SMALL_CUBE_VOXELS:
+        out_pad = [n - ((no - 1) * s - 2 * p + d * (kk - 1) + 1) for n, no, s, p, d, kk in
+                   zip(x_like.shape[2:], g.shape[2:], stride, padding, dilation, w.shape[2:],
+                       strict=True)]
+        if all(0 <= op < max(s, d) for op, s, d in zip(out_pad, stride, dilation, strict=True)):
+            return F.conv_transpose3d(g.contiguous(), w.contiguous(), None, stride, padding,
+                                      out_pad, groups, dilation)
+    return torch.ops.aten.convolution_backward(
+        g, x_like, w, None, list(stride), list(padding), list(dilation), False, [0, 0, 0],
+        groups, [True, False, False])[0]
+
+
 def _grad_weight(g, x, w, stride, padding, dilation, groups):
-    """Large kernels at stride 1: `folded_grad_weight`; torch's weight-gradient kernel otherwise
-    (strided, the folded conv is dilated by the stride: measured slower)."""
-    if w.shape[2] * w.shape[3] * w.shape[4] < _FOLD_MIN_TAPS or any(v != 1 for v in stride):
-        return torch.ops.aten.convolution_backward(
-            g, x, w, None, list(stride), list(padding), list(dilation), False, [0, 0, 0],
-            groups, [False, True, False])[1]
-    return folded_grad_weight(g, x, w, padding, dilation)
+    """Stride 1 with a 5^3 kernel or in bf16/fp16: `folded_grad_weight`; torch's kernel
+    otherwise (strided, the folded conv is dilated by the stride: measured slower)."""
+    taps = w.shape[2] * w.shape[3] * w.shape[4]
+    if all(v == 1 for v in stride) and (taps >= _FOLD_MIN_TAPS or w.dtype in _LOW_PRECISION):
+        return folded_grad_weight(g, x, w, padding, dilation)
+    return _in_fp32(_torch_grad_weight, g, x, w, stride, padding, dilation, groups)
+
+
+def _torch_grad_weight(g, x, w, stride, padding, dilation, groups):
+    return torch.ops.aten.convolution_backward(
+        g, x, w, None, list(stride), list(padding), list(dilation), False, [0, 0, 0], groups,
+        [False, True, False])[1]
+
+
+def _in_fp32(fn, *args):
+    """`fn` on fp32 copies of bf16/fp16 tensor arguments, its result cast back: torch's CPU
+    depthwise backward kernels in bf16 were 3-10x slower than in fp32, casts included."""
+    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor))
+    if dtype not in _LOW_PRECISION:
+        return fn(*args)
+    return fn(*(a.float() if isinstance(a, torch.Tensor) else a for a in args)).to(dtype)
 
 
 def folded_grad_weight(g, x, w, padding, dilation):
