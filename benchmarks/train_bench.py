@@ -8,7 +8,7 @@
 Every variant runs once per repeat, interleaved (A B C, A B C, ...), and the medians are
 compared, so slow drift of a noisy machine hits all variants alike. Printed ratios:
 - `lightning_vs_plain`: samples/s of our full training step with the default settings of
-  this device type (conf/speed, trainer preset) over a plain eager fp32 PyTorch loop of the
+  this device type (conf/speed, trainer preset, `trainer.precision: auto`) over a plain eager fp32 PyTorch loop of the
   same network, batch and input shape, with no Lightning (target on CPU: >= 2.0);
 - `callback_overhead`: 1 - samples/s with the ThroughputMonitor / samples/s without it
   (target < 1 %);
@@ -41,6 +41,7 @@ from src.training import (  # noqa: E402
     build_callbacks,
     build_datamodule,
     build_module,
+    resolve_precision,
 )
 
 
@@ -94,6 +95,7 @@ def lightning_run(args, data_dir, out_dir, with_monitor: bool, extra=()) -> dict
     cfg = compose_train(overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
+    resolve_precision(cfg)
     apply_speed_settings(cfg.get("speed"))
     L.seed_everything(0, workers=True)
     dm = build_datamodule(cfg)

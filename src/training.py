@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.models.cosmoflow import ModelConfigError
 from src.models.regressor import CosmoRegressor
+from src.perf.peak import native_bf16
 from src.sim.store import DataError
 from src.sysinfo import system_info
 
@@ -177,6 +178,21 @@ def finished_result(cfg: DictConfig) -> dict | None:
     return None
 
 
+def resolve_precision(cfg: DictConfig) -> None:
+    """`trainer.precision: auto` -> bf16-mixed where the accelerator has native bf16, else
+    32-true on CPU (emulated bf16 is slower) and 16-mixed on older GPUs. Resolved in place, so
+    metrics.json and the report show the precision the job really ran in. The measurements
+    behind it: docs/benchmarks.md."""
+    if str(cfg.trainer.get("precision")) != "auto":
+        return
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device_type = "cuda" if on_gpu else "cpu"
+    fallback = "16-mixed" if on_gpu else "32-true"
+    cfg.trainer.precision = "bf16-mixed" if native_bf16(device_type) else fallback
+    log.info("trainer.precision=auto -> %s on %s", cfg.trainer.precision, device_type)
+
+
 def check_strategy(cfg: DictConfig) -> None:
     """DeepSpeed fails deep inside Lightning when it cannot run; say why up front."""
     if not str(cfg.trainer.get("strategy", "")).startswith("deepspeed"):
@@ -200,6 +216,9 @@ def fit_job(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_strategy(cfg)
+    # of the job as asked (precision: auto), as finished_result() compares it on a rerun
+    config_hash = cfg.get("config_hash") or config_fingerprint(cfg)
+    resolve_precision(cfg)
     apply_speed_settings(cfg.get("speed"))
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
@@ -224,7 +243,7 @@ def fit_job(cfg: DictConfig) -> dict:
     payload = {
         "status": "complete",
         "error": None,
-        "config_hash": cfg.get("config_hash") or config_fingerprint(cfg),
+        "config_hash": config_hash,
         "metrics": metrics,
         "config": config_summary(cfg, trainer, dm),
         "system": system_info(),

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from src.perf import peak
-from src.perf.peak import PEAK_TABLE, chip_key, dtype_key, memory_bandwidth, peak_flops
+from src.perf.peak import (
+    PEAK_TABLE,
+    chip_key,
+    dtype_key,
+    memory_bandwidth,
+    native_bf16,
+    peak_flops,
+)
 
 
 @pytest.mark.parametrize(
@@ -120,3 +127,13 @@ def test_triad_bandwidth(tmp_path):
     bw, source = memory_bandwidth("cpu", cache_dir=tmp_path, budget_s=0.1)
     assert source == "measured" and 1e8 < bw < 1e13
     assert memory_bandwidth("cpu", override=2e11) == (2e11, "override")
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16("cpu") is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bf16("cpu") is True
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe
+    assert native_bf16("cpu") is False

@@ -48,6 +48,24 @@ def test_logger_none_and_bf16(train_cfg):
     assert math.isfinite(result["metrics"]["train/loss"])
 
 
+@pytest.mark.parametrize("native, expected, peak_dtype",
+                         [(True, "bf16-mixed", "bf16"), (False, "32-true", "fp32")])
+def test_precision_auto_follows_native_bf16_and_a_rerun_skips(train_cfg, tmp_path, monkeypatch,
+                                                              native, expected, peak_dtype):
+    """The CPU default `trainer.precision: auto` is resolved before training and recorded; the
+    finished job is still recognised on a rerun (its hash is of the config as asked)."""
+    monkeypatch.setattr("src.training.native_bf16", lambda device_type: native)
+    cfg = train_cfg("logger=none")
+    assert cfg.trainer.precision == "auto"
+    result = run(cfg)
+    assert result["config"]["precision"] == expected
+    assert result["metrics"]["peak_flops_dtype"] == peak_dtype  # MFU against that dtype's peak
+    metrics_file = tmp_path / "job" / "metrics.json"
+    written = metrics_file.stat().st_mtime_ns
+    assert run(train_cfg("logger=none")) == result
+    assert metrics_file.stat().st_mtime_ns == written
+
+
 def test_default_loggers_run_offline_one_wandb_run_per_job(train_cfg, tmp_path, monkeypatch):
     # two jobs in one process, as in a multirun: the second must not reuse the first's run
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -104,6 +104,16 @@ def chip_key(device_name: str) -> str | None:
     return None
 
 
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether the device multiplies bf16 in hardware: CPUs with AVX512-BF16 or AMX, CUDA
+    devices that support it natively. Elsewhere bf16 is emulated and slower than fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.13
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def dtype_key(precision: str | int | None, device_type: str = "cpu") -> str:
     """The peak column a Lightning `precision` runs at: "32-true" -> fp32 (tf32 on CUDA when
     matmul precision allows it), "bf16-*" -> bf16, "16-*" -> fp16, "64-*" -> fp64."""
