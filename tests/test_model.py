@@ -66,3 +66,20 @@ def test_warmup_then_cosine_schedule():
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4] == pytest.approx(1.0) and factors[14] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+
+
+def test_pool_before_activation_is_the_same_function_and_bf16_pools_in_bf16():
+    """conv -> pool -> LeakyReLU equals the paper's conv -> LeakyReLU -> pool exactly (a
+    non-decreasing activation commutes with max); under CPU bf16 autocast the pool keeps bf16."""
+    torch.manual_seed(0)
+    net = CosmoFlowNet(in_channels=1, input_size=16, n_params=3)
+    x = torch.randn(2, 1, 16, 16, 16)
+    h = x
+    for conv, pool, act in zip(*[iter(net.features)] * 3, strict=True):
+        h = pool(act(conv(h)))  # the paper's order
+    assert torch.equal(net.features(x), h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv, pool = net.features[0], net.features[1]
+        y = conv(x)
+        assert y.dtype == torch.bfloat16 and pool(y).dtype == torch.bfloat16
+        assert torch.equal(pool(y), torch.nn.functional.max_pool3d(y.float(), 2).bfloat16())

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.models.cosmoflow import MaxPool3dKeepDtype
 from src.nas.depthwise import run_avg_pool, run_depthwise
 
 # Order matters: it is the column order of the alphas and is written into every genotype file.
@@ -120,7 +121,7 @@ class Pool(nn.Module):
     def __init__(self, kind: str, stride: int):
         super().__init__()
         if kind == "max":
-            self.pool = nn.MaxPool3d(3, stride=stride, padding=1)
+            self.pool = MaxPool3dKeepDtype(3, stride=stride, padding=1)  # bf16 stays bf16
         else:
             # padding excluded from the mean so borders are not darkened
             self.pool = nn.AvgPool3d(3, stride=stride, padding=1, count_include_pad=False)
