@@ -167,6 +167,30 @@ def test_timed_loader_separates_data_wait_from_loop_work(tmp_path):
     assert slow_data["data_wait_frac"] * slow_data["step_time_s"] >= 0.035
 
 
+def test_monitor_overhead_is_its_own_hook_time(tmp_path):
+    """monitor_overhead_frac counts the time inside the monitor's per-batch hooks: its window
+    logging through a 30 ms logger shows, Lightning's own per-step logging does not."""
+
+    def run(log_windows):
+        mon = ThroughputMonitor(warmup_steps=1, window_steps=1, peak_flops=1e11, roofline=False,
+                                log_windows=log_windows)
+        trainer = L.Trainer(accelerator="cpu", devices=1, callbacks=[mon],
+                            logger=SlowLogger(tmp_path), log_every_n_steps=1, max_steps=5,
+                            limit_val_batches=0, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)
+        trainer.fit(Tiny(), DataLoader(Cubes(32), batch_size=B))
+        return mon.metrics
+
+    # a 30 ms log at each window edge, inside our hook; a log is timed in the window it opens,
+    # so 3 of the 4 one-step windows hold one (the last edge's log comes after the run)
+    logging_windows = run(True)
+    assert logging_windows["monitor_overhead_frac"] * logging_windows["step_time_s"] >= 0.02
+    quiet = run(False)  # only timestamps: microseconds, though Lightning logs (30 ms) per step
+    assert quiet["loop_gap_frac"] * quiet["step_time_s"] >= 0.025
+    assert 0 < quiet["monitor_overhead_frac"] * quiet["step_time_s"] < 0.005
+
+
 def test_validation_is_not_training_time(tmp_path):
     mon = ThroughputMonitor(warmup_steps=1, window_steps=100, peak_flops=1e11, roofline=False)
     # a 0.5 s validation after batches 2, 4 and 6: all inside the (partial) measured window

@@ -49,6 +49,7 @@ class _Window:
     paused_s: float = 0.0
     fetch0: float | None = None  # the loader's fetch_s when the window opened
     fetched_s: float | None = None  # time blocked in the loader's next() inside the window
+    hook_s: float = 0.0  # time inside this monitor's own per-batch hooks
 
     def elapsed(self, now: float) -> float:
         return max(now - self.t0 - self.paused_s, 1e-12)
@@ -62,6 +63,7 @@ class _Totals:
     wait_s: float = 0.0
     gap_s: float = 0.0
     paused_s: float = 0.0
+    hook_s: float = 0.0
 
     def add(self, w: _Window, elapsed: float) -> None:
         self.steps += w.steps
@@ -70,6 +72,7 @@ class _Totals:
         self.wait_s += w.wait_s if w.fetched_s is None else w.fetched_s
         self.gap_s += w.wait_s
         self.paused_s += w.paused_s
+        self.hook_s += w.hook_s
 
 
 def _batch_input(batch):
@@ -209,9 +212,12 @@ class ThroughputMonitor(Callback):
             self._counted = True
             self._count_static(trainer, pl_module, x)
             w.paused_s += time.perf_counter() - now
+        else:
+            w.hook_s += time.perf_counter() - now
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
                            batch_idx: int) -> None:
+        entered = time.perf_counter()
         w = self._window
         if w is None:
             return
@@ -234,6 +240,7 @@ class ThroughputMonitor(Callback):
                 self._log(trainer, self._reduce(trainer, pl_module, window))
             self._open_window(now, measuring=True)
         self._prev_end = time.perf_counter()
+        self._window.hook_s += self._prev_end - entered
 
     def _open_window(self, now: float, measuring: bool) -> None:
         self._window = _Window(t0=now, fetch0=self._fetch_s())
@@ -286,11 +293,13 @@ class ThroughputMonitor(Callback):
         sps = t.samples / t.time_s if t.time_s > 0 else 0.0
         local = [sps, t.time_s / max(t.steps, 1), t.wait_s / t.time_s if t.time_s else 0.0,
                  float(t.steps), float(t.samples), t.paused_s,
-                 t.gap_s / t.time_s if t.time_s else 0.0]
+                 t.gap_s / t.time_s if t.time_s else 0.0,
+                 t.hook_s / t.time_s if t.time_s else 0.0]
         vec = torch.tensor(local, dtype=torch.float64, device=pl_module.device)
         if world > 1:
             vec = trainer.strategy.reduce(vec, reduce_op="sum")
-        sps_sum, step_sum, wait_sum, steps_sum, samples_sum, paused_sum, gap_sum = vec.tolist()
+        (sps_sum, step_sum, wait_sum, steps_sum, samples_sum, paused_sum, gap_sum,
+         hook_sum) = vec.tolist()
         out: dict[str, float] = {
             "samples_per_s": sps_sum,
             "samples_per_s_per_device": sps_sum / world,
@@ -298,6 +307,8 @@ class ThroughputMonitor(Callback):
             "data_wait_frac": wait_sum / world,
             # whole time between batches (loader + the loop's own per-step work, e.g. logging)
             "loop_gap_frac": gap_sum / world,
+            # this monitor's own cost: time inside its per-batch hooks (window edges included)
+            "monitor_overhead_frac": hook_sum / world,
             "throughput_steps": steps_sum / world,
             "throughput_samples": samples_sum,
             # time inside the windows that was not training (validation, epoch ends, ...)
