@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+from pathlib import Path
 
 import lightning
 import torch
@@ -36,3 +37,17 @@ def system_info() -> dict:
         "lightning": lightning.__version__,
         "python": platform.python_version(),
     }
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel could hand out now without swapping (MemAvailable), else free pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -132,6 +132,7 @@ def config_summary(cfg: DictConfig, trainer, dm) -> dict:
         "n_train_samples": dm.n_train_total,
         "n_val_samples": len(dm.val_set),
         "dataset_bytes": dm.train_files_bytes,
+        "data_staged_to": str(dm.staged_to or "none"),
         "max_epochs": cfg.trainer.max_epochs,
         "max_steps": cfg.trainer.max_steps,
         "global_step": trainer.global_step,

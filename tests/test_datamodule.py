@@ -12,9 +12,9 @@ from src.datamodules.cosmo import CosmoDataModule, ShardSampler, parse_fraction
 from src.sim.store import DataError, read_simulation
 
 
-def make_dm(data_dir, world=1, rank=0, **kwargs):
+def make_dm(data_dir, world=1, rank=0, num_devices=1, **kwargs):
     dm = CosmoDataModule(str(data_dir), **kwargs)
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, num_devices=num_devices)
     dm.setup("fit")
     return dm
 
@@ -74,6 +74,30 @@ def test_staging_gives_the_same_samples(tiny_data, tmp_path, stage):
     assert staged.staging_s > 0
     if stage == "dir":
         assert list((tmp_path / "local").glob("sim_*.h5"))
+
+
+def test_stage_auto_takes_ram_only_when_the_local_shards_fit(tiny_data, monkeypatch):
+    """stage: auto (the default) stages to RAM when the shards of all ranks on this machine fit
+    in stage_ram_max_frac (0.25) of the available memory; emulated nodes all count as local."""
+    import src.datamodules.cosmo as cosmo
+
+    shard = len(make_dm(tiny_data, world=2).train_dataloader().sampler.positions)
+    one = shard * make_dm(tiny_data).sample_bytes
+
+    def dm_with(available, num_devices=1):
+        monkeypatch.setattr(cosmo, "available_memory_bytes", lambda: available)
+        return make_dm(tiny_data, world=2, num_devices=num_devices, stage="auto")
+
+    two_local = dm_with(8 * one, num_devices=2)  # 2 shards = a quarter of 8
+    assert two_local.staged_to == "ram" and two_local.staging_s > 0
+    assert len(two_local.train_set.cache) == shard
+    too_big = dm_with(8 * one - 1, num_devices=2)
+    assert too_big.staged_to is None and not too_big.train_set.cache
+    assert torch.equal(too_big.train_set[0][0], two_local.train_set[0][0])
+    assert dm_with(4 * one).staged_to == "ram"  # one rank per machine
+    monkeypatch.setenv(cosmo.EMULATED_FLAG, "1")
+    assert dm_with(4 * one).staged_to is None  # both emulated nodes share this machine
+    assert dm_with(None).staged_to is None  # memory unknown: read the files
 
 
 def test_augment_preserves_values_and_labels(tiny_data):

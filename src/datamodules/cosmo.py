@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from src.launch import EMULATED_FLAG
 from src.sim.store import DataError, file_checksum, inspect_simulation, read_manifest
+from src.sysinfo import available_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,7 @@ class CosmoDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
         persistent_workers: bool = True,
         stage: str | None = None,
+        stage_ram_max_frac: float = 0.25,
         verify: str = "full",
         seed: int = 0,
     ):
@@ -186,6 +189,8 @@ class CosmoDataModule(L.LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.persistent_workers = persistent_workers
         self.stage = stage
+        self.stage_ram_max_frac = float(stage_ram_max_frac)
+        self.staged_to = None  # what `stage` resolved to in setup()
         self.verify = verify
         self.seed = seed
         self.staging_s = 0.0
@@ -285,8 +290,9 @@ class CosmoDataModule(L.LightningDataModule):
         self.n_train_total = n_take
         self.train_files_bytes = int(n_take * self.sample_bytes)
         cache = None
-        if self.stage:
-            mine = ShardSampler(n_take, rank, world, False, self.seed, equal=True).positions
+        mine = ShardSampler(n_take, rank, world, False, self.seed, equal=True).positions
+        self.staged_to = self._resolve_stage(len(mine))
+        if self.staged_to:
             files, cache = self._stage(files, mine, train_index)
         self.train_set = CosmoDataset(files, train_index, labels, self.transform, self.augment, cache)
         self.val_set = CosmoDataset(files, self._samples(val_sims, n_subs), labels, self.transform)
@@ -300,16 +306,34 @@ class CosmoDataModule(L.LightningDataModule):
             n_take, self.fraction, len(train_all), len(self.val_set), world,
         )
 
+    def _resolve_stage(self, shard_samples: int) -> str | None:
+        """`stage: auto` -> "ram" when the shards of every rank on this machine fit in
+        `stage_ram_max_frac` of the available memory, else no staging (read the files)."""
+        if self.stage != "auto":
+            return self.stage or None
+        trainer = getattr(self, "trainer", None)
+        ranks_here = 1
+        if trainer is not None:  # emulated nodes all run on this machine
+            ranks_here = trainer.world_size if os.environ.get(EMULATED_FLAG) else trainer.num_devices
+        need = shard_samples * self.sample_bytes * max(1, ranks_here)
+        available = available_memory_bytes()
+        if available is not None and need <= self.stage_ram_max_frac * available:
+            return "ram"
+        log.info("data: not staging to RAM: %d rank(s) x %.3g GB of shard vs %s GB available",
+                 ranks_here, shard_samples * self.sample_bytes / 1e9,
+                 "?" if available is None else f"{available / 1e9:.3g}")
+        return None
+
     def _stage(self, files, mine, train_index):
         """Copy this rank's shard (sample positions `mine`) to node-local storage or RAM;
         the time goes into metrics as `staging_s`."""
         start = time.perf_counter()
         cache = None
-        if self.stage == "ram":
+        if self.staged_to == "ram":
             reader = CosmoDataset(files, train_index, np.zeros((len(files), self.n_params)), "none")
             cache = {int(i): np.asarray(reader.read_raw(int(i))) for i in mine}
         else:
-            target = Path(self.stage)
+            target = Path(self.staged_to)
             target.mkdir(parents=True, exist_ok=True)
             needed = {int(train_index[i][0]) for i in mine}
             staged = []
@@ -323,7 +347,7 @@ class CosmoDataModule(L.LightningDataModule):
                 staged.append(dest if i in needed else path)
             files = staged
         self.staging_s = time.perf_counter() - start
-        log.info("data: staged %d samples to %s in %.2f s", len(mine), self.stage, self.staging_s)
+        log.info("data: staged %d samples to %s in %.2f s", len(mine), self.staged_to, self.staging_s)
         return files, cache
 
     # -- loaders -----------------------------------------------------------------------
