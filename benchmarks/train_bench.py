@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train_bench.py                       # small model, 64^3, batch 4
     .venv/bin/python benchmarks/train_bench.py --settings             # + the speed-settings matrix
     .venv/bin/python benchmarks/train_bench.py --model medium --size 32
+    .venv/bin/python benchmarks/train_bench.py --override trainer.precision=32-true   # fp32 step
     python benchmarks/train_bench.py --trainer gpu --size 128 --batch 8   # on a GPU machine
 
 Every variant runs once per repeat, interleaved (A B C, A B C, ...), and the medians are
@@ -87,7 +88,7 @@ def lightning_run(args, data_dir, out_dir, with_monitor: bool, extra=()) -> dict
         f"data.batch_size={args.batch}",
         "logger=none", "trainer.max_epochs=100", f"trainer.max_steps={steps}",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "~callbacks.progress",
-        "~callbacks.checkpoint", "trainer.enable_checkpointing=false", *extra,
+        "~callbacks.checkpoint", "trainer.enable_checkpointing=false", *args.override, *extra,
     ]
     if with_monitor:
         overrides += [f"callbacks.throughput.warmup_steps={args.warmup}",
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", action="store_true", help="also time the speed-settings matrix")
     parser.add_argument("--json", type=Path, help="write the medians here")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="Hydra overrides for every Lightning variant (e.g. trainer.precision=32-true)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
@@ -195,7 +198,8 @@ def main() -> None:
     for key in ("peak_flops_source", "peak_flops_dtype"):
         summary[key] = results["lightning_default"][-1].get(key)
     summary["setup"] = {"trainer": args.trainer, "model": args.model, "size": args.size, "batch": args.batch, "steps": args.steps,
-                        "warmup": args.warmup, "repeats": args.repeats, "torch": torch.__version__,
+                        "warmup": args.warmup, "repeats": args.repeats, "override": args.override,
+                        "torch": torch.__version__,
                         "threads": torch.get_num_threads()}
     print(json.dumps(summary, indent=1))
     if args.json:

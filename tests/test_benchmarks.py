@@ -1,0 +1,37 @@
+"""The benchmark scripts behind docs/benchmarks.md still run and print their ratios (tiny sizes;
+the numbers themselves are for the machine they are run on, not for a test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def run_script(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_train_bench_prints_its_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    run_script("benchmarks/train_bench.py", "--size", "16", "--batch", "2", "--steps", "2",
+               "--warmup", "1", "--repeats", "1", "--json", str(out),
+               "--override", "trainer.precision=32-true")
+    summary = json.loads(out.read_text())
+    assert summary["lightning_vs_plain"] > 0 and summary["plain_fp32"] > 0
+    assert 0 < summary["mfu"] and 0 <= summary["data_wait_frac"] <= 1
+    assert 0 < summary["monitor_overhead_frac"] < 1
+    assert summary["peak_flops_dtype"] == "fp32"  # the override reached the Lightning runs
+    assert summary["setup"]["override"] == ["trainer.precision=32-true"]
+
+
+def test_depthwise_grads_times_every_variant():
+    out = run_script("benchmarks/depthwise_grads.py", "--cubes", "8:4:1", "--repeats", "1")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("8:4:1")]
+    assert [r[1] for r in rows] == ["3", "5"]
+    assert all(len(r) == 9 and all(float(v) > 0 for v in r[2:]) for r in rows)
