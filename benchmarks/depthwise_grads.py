@@ -4,13 +4,17 @@
     python benchmarks/depthwise_grads.py --cubes 56:32:2 --repeats 9
     python benchmarks/depthwise_grads.py --dtype bf16          # torch's bf16 kernels
 
-Per cube (channels:size:batch) and kernel size (3, 5), channels_last_3d, stride 1, medians of
---repeats, in ms: the forward; torch's input gradient and weight gradient
+Per cube (channels:size:batch) and kernel size (3, 5), channels_last_3d, 'same' padding, medians
+of --repeats, in ms. Stride 1: the forward; torch's input gradient and weight gradient
 (`aten.convolution_backward`, one output each); the forward conv of the output gradient with the
-flipped kernel (= the input gradient); and the weight gradient as one batch-folded forward conv
-(`folded_grad_weight`). src/nas/depthwise.py takes the flipped conv always and the folded one
-below `_SMALL_CUBE_VOXELS`; `stride2_grad_input` compares torch's strided input gradient with
-the transposed conv in the contiguous layout it uses on small output cubes.
+flipped kernel (= the input gradient); the weight gradient as one batch-folded forward conv
+(`folded_grad_weight`) and by the compiled kernel (`k_gw`, src/nas/depthwise_cpu.cpp).
+Dilation 2 (`d2_`): forward and input gradient by torch and by the compiled gather kernel.
+Stride 2 (`s2_`): the input gradient by torch, by the transposed conv in the contiguous layout,
+and by the gather kernel; the weight gradient by torch and by the compiled kernel.
+src/nas/depthwise.py uses the compiled kernels wherever they build (`k_` columns), torch's
+undilated forward and the flipped conv otherwise; without them, the PyTorch rules in its
+docstring. `nan`: the compiled kernel is unavailable here.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from src.nas import depthwise_cpu  # noqa: E402
 from src.nas.depthwise import folded_grad_weight  # noqa: E402
 
 
@@ -38,29 +43,47 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def _kernel_ms(fn, repeats: int) -> float:
+    return median_ms(fn, repeats) if depthwise_cpu.load() is not None else float("nan")
+
+
 def time_kernel(k: int, C: int, n: int, batch: int, repeats: int,
                 dtype: torch.dtype) -> tuple[float, ...]:
-    """(forward, grad_input, grad_weight, flipped forward, folded grad_weight,
-    stride-2 grad_input torch, stride-2 transposed conv) in ms."""
+    """The times of COLUMNS, in ms."""
     p, cl = k // 2, torch.channels_last_3d
     x = torch.randn(batch, C, n, n, n).to(dtype).contiguous(memory_format=cl)
     w = torch.randn(C, 1, k, k, k).to(dtype).contiguous(memory_format=cl)
     g = torch.randn_like(F.conv3d(x, w, padding=p, groups=C))
     g2 = torch.randn_like(F.conv3d(x, w, stride=2, padding=p, groups=C))
     out_pad = n - ((g2.shape[2] - 1) * 2 - 2 * p + k)
+    one, two, pad, pad2 = (1,) * 3, (2,) * 3, (p,) * 3, (2 * p,) * 3
 
-    def backward(grad, stride, mask):
+    def backward(grad, stride, dilation, mask):
         return torch.ops.aten.convolution_backward(
-            grad, x, w, None, [stride] * 3, [p] * 3, [1] * 3, False, [0] * 3, C, mask)
+            grad, x, w, None, [stride] * 3, [p * dilation] * 3, [dilation] * 3, False, [0] * 3,
+            C, mask)
 
     return (median_ms(lambda: F.conv3d(x, w, padding=p, groups=C), repeats),
-            median_ms(lambda: backward(g, 1, [True, False, False]), repeats),
-            median_ms(lambda: backward(g, 1, [False, True, False]), repeats),
+            median_ms(lambda: backward(g, 1, 1, [True, False, False]), repeats),
+            median_ms(lambda: backward(g, 1, 1, [False, True, False]), repeats),
             median_ms(lambda: F.conv3d(g, w.flip(2, 3, 4), padding=p, groups=C), repeats),
-            median_ms(lambda: folded_grad_weight(g, x, w, (p,) * 3, (1,) * 3), repeats),
-            median_ms(lambda: backward(g2, 2, [True, False, False]), repeats),
+            median_ms(lambda: folded_grad_weight(g, x, w, pad, one), repeats),
+            _kernel_ms(lambda: depthwise_cpu.grad_weight(g, x, w, one, pad, one), repeats),
+            median_ms(lambda: F.conv3d(x, w, None, 1, 2 * p, 2, C), repeats),
+            _kernel_ms(lambda: depthwise_cpu.conv(x, w, one, pad2, two), repeats),
+            median_ms(lambda: backward(g, 1, 2, [True, False, False]), repeats),
+            _kernel_ms(lambda: depthwise_cpu.grad_input(g, w, x.shape, one, pad2, two), repeats),
+            median_ms(lambda: backward(g2, 2, 1, [True, False, False]), repeats),
             median_ms(lambda: F.conv_transpose3d(g2.contiguous(), w.contiguous(), None, 2, p,
-                                                 out_pad, C), repeats))
+                                                 out_pad, C), repeats),
+            _kernel_ms(lambda: depthwise_cpu.grad_input(g2, w, x.shape, two, pad, one), repeats),
+            median_ms(lambda: backward(g2, 2, 1, [False, True, False]), repeats),
+            _kernel_ms(lambda: depthwise_cpu.grad_weight(g2, x, w, two, pad, one), repeats))
+
+
+COLUMNS = ("forward", "grad_input", "grad_weight", "flipped", "folded_gw", "k_gw",
+           "d2_fwd", "d2_k_fwd", "d2_gin", "d2_k_gin",
+           "s2_gin", "s2_convT", "s2_k_gin", "s2_gw", "s2_k_gw")
 
 
 def main() -> None:
@@ -74,14 +97,12 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, depthwise conv3d, "
           f"channels_last_3d, {args.dtype}, median ms of {args.repeats}")
-    cols = ("forward", "grad_input", "grad_weight", "flipped_fwd", "folded_gw",
-            "s2_gin_torch", "s2_gin_convT")
-    print(f"{'cube':>12} {'k':>2} " + " ".join(f"{c:>12}" for c in cols))
+    print(f"{'cube':>9} {'k':>2} " + " ".join(f"{c:>11}" for c in COLUMNS))
     for cube in args.cubes:
         C, n, batch = (int(v) for v in cube.split(":"))
         for k in (3, 5):
             times = time_kernel(k, C, n, batch, args.repeats, dtype)
-            print(f"{cube:>12} {k:>2} " + " ".join(f"{t:>12.2f}" for t in times), flush=True)
+            print(f"{cube:>9} {k:>2} " + " ".join(f"{t:>11.2f}" for t in times), flush=True)
 
 
 if __name__ == "__main__":

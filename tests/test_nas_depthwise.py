@@ -207,3 +207,26 @@ def test_avg_pool_op_as_depthwise_conv_matches_torch(stride, size, channels_last
         assert y1.is_contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():  # inference keeps torch's pool (and what thop counts)
         assert run_avg_pool(ref, x) is None
+
+
+def test_avg_pool_fast_path_declines_hooks_meta_and_other_pools():
+    """run_avg_pool returns None (torch's pool runs) where the conv rewrite would change what
+    a hook or FLOP counter sees, or would not be the same pool."""
+    x = torch.randn(1, 3, 5, 5, 5, requires_grad=True)
+    pool = torch.nn.AvgPool3d(3, 1, 1, count_include_pad=False)
+    assert run_avg_pool(pool, x) is not None
+    assert run_avg_pool(pool, torch.empty(1, 3, 5, 5, 5, device="meta", requires_grad=True)) is None
+    for other in (torch.nn.AvgPool3d(3, 1, 1),  # count_include_pad=True
+                  torch.nn.AvgPool3d(3, 1, 1, count_include_pad=False, ceil_mode=True),
+                  torch.nn.AvgPool3d(2, 1, 0, count_include_pad=False)):
+        assert run_avg_pool(other, x) is None
+    handle = pool.register_forward_hook(lambda m, i, o: None)
+    try:
+        assert run_avg_pool(pool, x) is None
+    finally:
+        handle.remove()
+    prev = set_fast_depthwise(False)
+    try:
+        assert run_avg_pool(pool, x) is None
+    finally:
+        set_fast_depthwise(prev)

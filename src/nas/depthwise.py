@@ -1,22 +1,24 @@
-"""Depthwise 3D convolution with a faster CPU backward.
+"""Depthwise 3D convolution with a faster CPU path.
 
-torch 2.13's CPU kernels compute both gradients of a depthwise (groups == channels) conv3d many
-times slower than the forward, worst on the small cubes deep in the network. Here:
-- input gradient, stride 1: the correlation of the output gradient with the spatially flipped
-  kernel, a forward depthwise conv (`_grad_input`); strided: a transposed conv in the
-  contiguous layout on small cubes, torch's kernel otherwise;
-- weight gradient, stride 1 with 5^3 kernels or in bf16: a forward depthwise conv of the padded
-  input, batch folded into channels, with the output gradient as its kernel
-  (`folded_grad_weight`); torch's otherwise, in fp32 for bf16 tensors;
-- dilated 'same' convs run as undilated ones (`_undilated`), and kernel taps that only ever see
-  padding are dropped (`_crop_taps`).
-Which variant is faster for which kernel and cube size was measured by `benchmarks/depthwise_grads.py`
-(docs/benchmarks.md).
+torch 2.13's CPU kernels compute both gradients of a depthwise (groups == channels) conv3d, and
+dilated convs in both directions, many times slower than the undilated forward, worst on the
+small cubes deep in the network. Here, for CPU tensors that need a gradient:
+- the compiled kernels of `depthwise_cpu` (built on first use; fp32/bf16) compute every weight
+  gradient, the forward of stride-1 dilated convs and the input gradient of strided or dilated
+  ones; the undilated forward and the stride-1 input gradient stay with torch (oneDNN), as the
+  correlation of the output gradient with the flipped kernel (`_grad_input`);
+- without the compiled kernels (no compiler, `SAIH_CPU_KERNEL=0`, float64): the weight gradient
+  at stride 1 with 5^3 kernels or in bf16 is one forward conv with the batch folded into the
+  channels (`folded_grad_weight`), torch's otherwise; the strided input gradient is a transposed
+  conv on small cubes; 'same' dilated convs run as undilated ones (`_undilated`);
+- kernel taps that only ever see padding are dropped (`_crop_taps`).
+Which variant is faster for which kernel and cube size was measured by
+`benchmarks/depthwise_grads.py` (docs/benchmarks.md).
 
-Only CPU tensors that need a gradient take the custom path; CUDA (cuDNN is fine), the meta device
-(FLOP counting), no-grad / inference calls and modules carrying hooks (thop, traffic counting)
-use the plain `F.conv3d`, so counted FLOPs and module hooks see exactly what they did before.
-Set `SAIH_FAST_DEPTHWISE=0` or call `set_fast_depthwise(False)` to disable the custom path.
+CUDA (cuDNN is fine), the meta device (FLOP counting), no-grad / inference calls and modules
+carrying hooks (thop, traffic counting) use the plain `F.conv3d`, so counted FLOPs and module
+hooks see exactly what they did before. Set `SAIH_FAST_DEPTHWISE=0` or call
+`set_fast_depthwise(False)` to disable the whole custom path.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
+from src.nas import depthwise_cpu
+
 _ENABLED = os.environ.get("SAIH_FAST_DEPTHWISE", "1") not in ("0", "false", "False", "")
 
-# Measured by benchmarks/depthwise_grads.py on the 2-core AVX-512 VM (docs/benchmarks.md):
-# - the folded weight gradient beat torch's for 5^3 kernels at every cube size (16x at 4^3,
-#   2x at 16^3, 1.1x at 32^3) and lost for 3^3 ones;
+# Rules of the PyTorch fallback, measured by benchmarks/depthwise_grads.py on the 2-core
+# AVX-512 VM (docs/benchmarks.md):
+# - the folded weight gradient beat torch's for 5^3 kernels at every cube size in fp32 (16x at
+#   4^3, 2x at 16^3, 1.1x at 32^3) and lost for 3^3 ones; in bf16 it beat torch's bf16 kernel
+#   for 3^3 too (torch's fp32 kernel was still faster on the 4^3-8^3 cubes, casts included);
 # - the contiguous transposed conv beat torch's strided input gradient for output cubes up to
-#   8^3 (up to 24x at 2^3) and lost at 16^3.
-# - in bf16, torch's depthwise backward kernels were 3-10x slower than its fp32 ones, casts
-#   included, and the folded weight gradient beat both for 3^3 kernels too.
+#   8^3 (up to 24x at 2^3) and lost at 16^3;
+# - torch's strided depthwise backward kernels in bf16 were 3-10x slower than its fp32 ones.
 _FOLD_MIN_TAPS = 4 ** 3
 _SMALL_CUBE_VOXELS = 8 ** 3
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -65,11 +70,19 @@ def _flipped_pads(in_size, out_size, k, padding, dilation):
     return pads
 
 
+def _plain(stride, dilation) -> bool:
+    return all(s == 1 for s in stride) and all(d == 1 for d in dilation)
+
+
 def _voxels(t: torch.Tensor) -> int:
     return t.shape[2] * t.shape[3] * t.shape[4]
 
 
 def _grad_input(g, w, in_shape, stride, padding, dilation, groups, x_like):
+    if not _plain(stride, dilation):  # torch's strided/dilated kernels are the slow ones
+        gx = depthwise_cpu.grad_input(g, w, in_shape, stride, padding, dilation)
+        if gx is not None:
+            return gx
     pads = None
     if all(s == 1 for s in stride):
         pads = _flipped_pads(tuple(in_shape[2:]), tuple(g.shape[2:]), tuple(w.shape[2:]),
@@ -100,8 +113,12 @@ def _strided_grad_input(g, w, x_like, stride, padding, dilation, groups):
 
 
 def _grad_weight(g, x, w, stride, padding, dilation, groups):
-    """Stride 1 with a 5^3 kernel or in bf16/fp16: `folded_grad_weight`; torch's kernel
-    otherwise (strided, the folded conv is dilated by the stride: measured slower)."""
+    """The compiled kernel (`depthwise_cpu`) where it builds; without it, stride 1 with a 5^3
+    kernel or in bf16/fp16: `folded_grad_weight`; torch's kernel otherwise (strided, the
+    folded conv is dilated by the stride: measured slower)."""
+    gw = depthwise_cpu.grad_weight(g, x, w, stride, padding, dilation)
+    if gw is not None:
+        return gw
     taps = w.shape[2] * w.shape[3] * w.shape[4]
     if all(v == 1 for v in stride) and (taps >= _FOLD_MIN_TAPS or w.dtype in _LOW_PRECISION):
         return folded_grad_weight(g, x, w, padding, dilation)
@@ -145,7 +162,10 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
         groups = x.shape[1]
         ctx.conf = (stride, padding, dilation, groups)
         ctx.save_for_backward(x, w)
-        return F.conv3d(x, w, None, stride, padding, dilation, groups)
+        y = None
+        if any(d != 1 for d in dilation) and all(s == 1 for s in stride):
+            y = depthwise_cpu.conv(x, w, stride, padding, dilation)
+        return F.conv3d(x, w, None, stride, padding, dilation, groups) if y is None else y
 
     @staticmethod
     def backward(ctx, g):
@@ -197,8 +217,10 @@ def _undilated(x, w, stride, padding, dilation):
     if all(s == d for s in stride):
         xs = x[:, :, ::d, ::d, ::d]
         return _fast(xs.contiguous(memory_format=_memory_format(x)), w, (1, 1, 1), pad, (1, 1, 1))
-    if any(s != 1 for s in stride) or min(x.shape[2:]) < 4 * d:
-        # tiny cubes (4^3 at d=2): the residue grids are mostly padding; measured slower
+    if (any(s != 1 for s in stride) or min(x.shape[2:]) < 4 * d
+            or depthwise_cpu.applies(x, w)):
+        # tiny cubes (4^3 at d=2): the residue grids are mostly padding, measured slower; the
+        # compiled gather kernel runs the dilated conv directly, faster than both
         return None
     B, C, D, H, W = x.shape
     fmt = _memory_format(x)
@@ -282,7 +304,9 @@ def run_avg_pool(pool: nn.AvgPool3d, x: torch.Tensor) -> torch.Tensor | None:
     kernel of ones divided by the in-bounds tap count, or None where the fast path does not apply.
 
     torch's CPU avg_pool3d (and its backward) is several times slower than the depthwise conv
-    with the same taps, and returns the contiguous layout for channels_last_3d input.
+    with the same taps, and returns the contiguous layout for channels_last_3d input. Under
+    bf16 autocast the result is bf16 like a conv's (autocast runs torch's pool in fp32): the
+    training forward and an inference forward of the same op then differ by bf16 rounding.
     """
     k, stride, pad = _triple(pool.kernel_size), _triple(pool.stride), _triple(pool.padding)
     if (pool.count_include_pad or pool.ceil_mode or pool.divisor_override is not None

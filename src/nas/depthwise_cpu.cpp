@@ -1,0 +1,256 @@
+// Weight gradient of a depthwise 3D convolution on the CPU, channels-last (NDHWC) tensors.
+//
+//   dW[a, b, e, c] = sum over n, d, h, w of
+//       xp[n, d*s0 + a*l0, h*s1 + b*l1, w*s2 + e*l2, c] * g[n, d, h, w, c]
+//
+// with xp the zero-padded input, s the stride and l the dilation. torch 2.13's CPU kernel for
+// this runs at a few % of peak (benchmarks/depthwise_grads.py): here the channels are the
+// vector lanes, the kernel's last axis is unrolled so its accumulators stay in registers
+// along a row, and each thread sums into its own buffer (reduced at the end), so every
+// multiply-add costs one load. bf16 inputs are widened to fp32; sums are fp32.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+namespace {
+
+inline float widen(float v) { return v; }
+
+inline float widen(uint16_t v) {  // bf16 bits -> fp32
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// One output row (fixed n, d, h, kernel taps a, b) for BW channels starting at the pointers.
+template <typename T, int BW, int KW>
+void row(const T* x, const T* g, float* acc, int64_t wo, int64_t c, int64_t s2, int64_t l2) {
+  float r[KW][BW];
+#pragma GCC unroll 8
+  for (int e = 0; e < KW; ++e)
+#pragma GCC unroll 16
+    for (int i = 0; i < BW; ++i) r[e][i] = acc[e * c + i];
+  for (int64_t w = 0; w < wo; ++w) {
+    const T* gp = g + w * c;
+    float gv[BW];
+#pragma GCC unroll 16
+    for (int i = 0; i < BW; ++i) gv[i] = widen(gp[i]);
+    const T* xp = x + w * s2 * c;
+#pragma GCC unroll 8
+    for (int e = 0; e < KW; ++e) {
+      const T* xe = xp + e * l2 * c;
+#pragma GCC unroll 16
+      for (int i = 0; i < BW; ++i) r[e][i] += widen(xe[i]) * gv[i];
+    }
+  }
+#pragma GCC unroll 8
+  for (int e = 0; e < KW; ++e)
+#pragma GCC unroll 16
+    for (int i = 0; i < BW; ++i) acc[e * c + i] = r[e][i];
+}
+
+// All channels of one row: blocks of 16, then 8, then single lanes.
+template <typename T, int KW>
+void row_all_channels(const T* x, const T* g, float* acc, int64_t wo, int64_t c, int64_t s2,
+                      int64_t l2) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= c; c0 += 16) row<T, 16, KW>(x + c0, g + c0, acc + c0, wo, c, s2, l2);
+  for (; c0 + 8 <= c; c0 += 8) row<T, 8, KW>(x + c0, g + c0, acc + c0, wo, c, s2, l2);
+  for (; c0 < c; ++c0) row<T, 1, KW>(x + c0, g + c0, acc + c0, wo, c, s2, l2);
+}
+
+template <typename T, int KW>
+void accumulate(const T* x, const T* g, float* buffers, int64_t n_items, int64_t k0, int64_t k1,
+                int64_t c, int64_t Do, int64_t Ho, int64_t Wo, int64_t Dp, int64_t Hp, int64_t Wp,
+                int64_t s0, int64_t s1, int64_t s2, int64_t l0, int64_t l1, int64_t l2) {
+  const int64_t taps = k0 * k1 * KW;
+  at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
+    float* acc = buffers + at::get_thread_num() * taps * c;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / Do, d = item % Do;
+      for (int64_t a = 0; a < k0; ++a) {
+        const int64_t zd = d * s0 + a * l0;
+        for (int64_t b = 0; b < k1; ++b) {
+          float* acc_ab = acc + (a * k1 + b) * KW * c;
+          for (int64_t h = 0; h < Ho; ++h) {
+            const int64_t zh = h * s1 + b * l1;
+            const T* xrow = x + ((n * Dp + zd) * Hp + zh) * Wp * c;
+            const T* grow = g + ((n * Do + d) * Ho + h) * Wo * c;
+            row_all_channels<T, KW>(xrow, grow, acc_ab, Wo, c, s2, l2);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void dispatch_kw(int64_t k2, const T* x, const T* g, float* buffers, int64_t n_items,
+                 int64_t k0, int64_t k1, int64_t c, int64_t Do, int64_t Ho, int64_t Wo,
+                 int64_t Dp, int64_t Hp, int64_t Wp, int64_t s0, int64_t s1, int64_t s2,
+                 int64_t l0, int64_t l1, int64_t l2) {
+#define SAIH_KW_CASE(K)                                                                   \
+  case K:                                                                                 \
+    accumulate<T, K>(x, g, buffers, n_items, k0, k1, c, Do, Ho, Wo, Dp, Hp, Wp, s0, s1, s2, \
+                     l0, l1, l2);                                                         \
+    return;
+  switch (k2) {
+    SAIH_KW_CASE(1)
+    SAIH_KW_CASE(2)
+    SAIH_KW_CASE(3)
+    SAIH_KW_CASE(4)
+    SAIH_KW_CASE(5)
+    SAIH_KW_CASE(6)
+    SAIH_KW_CASE(7)
+    default:
+      TORCH_CHECK(false, "depthwise_grad_weight: kernel width ", k2, " above 7");
+  }
+#undef SAIH_KW_CASE
+}
+
+
+// Valid (tap, input index) pairs of each output index along one axis:
+// input index = (o * A + t * B + off) / D where that division is exact and in [0, n_in).
+std::vector<std::vector<std::pair<int64_t, int64_t>>> axis_taps(int64_t n_out, int64_t n_in,
+                                                                 int64_t k, int64_t A,
+                                                                 int64_t B, int64_t off,
+                                                                 int64_t D) {
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> taps(n_out);
+  for (int64_t o = 0; o < n_out; ++o) {
+    for (int64_t t = 0; t < k; ++t) {
+      const int64_t z = o * A + t * B + off;
+      if (z < 0 || z % D != 0 || z / D >= n_in) continue;
+      taps[o].emplace_back(t, z / D);
+    }
+  }
+  return taps;
+}
+
+// One output row, BW channels: out[w] = sum over the row's (input row, weight row) pairs and
+// the w axis taps of weight * input.
+template <typename T, int BW>
+void gather_row(const std::vector<std::pair<const T*, const float*>>& rows,
+                const std::vector<std::vector<std::pair<int64_t, int64_t>>>& wtaps,
+                float* out, int64_t wo, int64_t c, int64_t c0) {
+  for (int64_t w = 0; w < wo; ++w) {
+    float acc[BW] = {};
+    for (const auto& rw : rows) {
+      for (const auto& ti : wtaps[w]) {
+        const T* xi = rw.first + ti.second * c + c0;
+        const float* wi = rw.second + ti.first * c + c0;
+#pragma GCC unroll 16
+        for (int i = 0; i < BW; ++i) acc[i] += wi[i] * widen(xi[i]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < BW; ++i) out[w * c + c0 + i] = acc[i];
+  }
+}
+
+template <typename T>
+void gather_all(const T* x, const float* wt, float* out, int64_t N, int64_t Di, int64_t Hi,
+                int64_t Wi, int64_t C, int64_t Do, int64_t Ho, int64_t Wo, int64_t k1,
+                int64_t k2, const std::vector<std::vector<std::pair<int64_t, int64_t>>>& t0,
+                const std::vector<std::vector<std::pair<int64_t, int64_t>>>& t1,
+                const std::vector<std::vector<std::pair<int64_t, int64_t>>>& t2) {
+  at::parallel_for(0, N * Do, 1, [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<const T*, const float*>> rows;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / Do, d = item % Do;
+      for (int64_t h = 0; h < Ho; ++h) {
+        rows.clear();
+        for (const auto& ad : t0[d])
+          for (const auto& bh : t1[h])
+            rows.emplace_back(x + ((n * Di + ad.second) * Hi + bh.second) * Wi * C,
+                              wt + (ad.first * k1 + bh.first) * k2 * C);
+        float* orow = out + ((n * Do + d) * Ho + h) * Wo * C;
+        int64_t c0 = 0;
+        for (; c0 + 16 <= C; c0 += 16) gather_row<T, 16>(rows, t2, orow, Wo, C, c0);
+        for (; c0 + 8 <= C; c0 += 8) gather_row<T, 8>(rows, t2, orow, Wo, C, c0);
+        for (; c0 < C; ++c0) gather_row<T, 1>(rows, t2, orow, Wo, C, c0);
+      }
+    }
+  });
+}
+}  // namespace
+
+// xp: padded input [N, Dp, Hp, Wp, C], g: output gradient [N, Do, Ho, Wo, C], both contiguous,
+// same dtype (float32 or bfloat16). Returns the fp32 weight gradient [k0, k1, k2, C].
+torch::Tensor grad_weight(torch::Tensor xp, torch::Tensor g, std::vector<int64_t> kernel,
+                          std::vector<int64_t> stride, std::vector<int64_t> dilation) {
+  TORCH_CHECK(xp.dim() == 5 && g.dim() == 5, "expected 5-D NDHWC tensors");
+  TORCH_CHECK(xp.is_contiguous() && g.is_contiguous(), "expected contiguous NDHWC tensors");
+  TORCH_CHECK(xp.scalar_type() == g.scalar_type(), "xp and g dtypes differ");
+  TORCH_CHECK(kernel.size() == 3 && stride.size() == 3 && dilation.size() == 3);
+  const int64_t N = g.size(0), Do = g.size(1), Ho = g.size(2), Wo = g.size(3), C = g.size(4);
+  const int64_t Dp = xp.size(1), Hp = xp.size(2), Wp = xp.size(3);
+  TORCH_CHECK(xp.size(0) == N && xp.size(4) == C, "xp and g shapes disagree");
+  for (int i = 0; i < 3; ++i) {
+    TORCH_CHECK((g.size(1 + i) - 1) * stride[i] + (kernel[i] - 1) * dilation[i] < xp.size(1 + i),
+                "padded input too small for the output gradient on axis ", i);
+  }
+  const int64_t taps = kernel[0] * kernel[1] * kernel[2];
+  auto buffers = torch::zeros({at::get_num_threads(), taps * C}, g.options().dtype(torch::kFloat));
+  float* buf = buffers.data_ptr<float>();
+  const int64_t items = N * Do;
+  if (xp.scalar_type() == torch::kFloat) {
+    dispatch_kw<float>(kernel[2], xp.data_ptr<float>(), g.data_ptr<float>(), buf, items,
+                       kernel[0], kernel[1], C, Do, Ho, Wo, Dp, Hp, Wp, stride[0], stride[1],
+                       stride[2], dilation[0], dilation[1], dilation[2]);
+  } else {
+    TORCH_CHECK(xp.scalar_type() == torch::kBFloat16, "expected float32 or bfloat16");
+    dispatch_kw<uint16_t>(kernel[2], reinterpret_cast<const uint16_t*>(xp.data_ptr()),
+                          reinterpret_cast<const uint16_t*>(g.data_ptr()), buf, items,
+                          kernel[0], kernel[1], C, Do, Ho, Wo, Dp, Hp, Wp, stride[0],
+                          stride[1], stride[2], dilation[0], dilation[1], dilation[2]);
+  }
+  return buffers.sum(0).view({kernel[0], kernel[1], kernel[2], C});
+}
+
+// A depthwise correlation in gather form, for the forward of dilated convs and the input
+// gradient of strided/dilated ones: out[n, o, c] = sum over taps t of
+// w[t, c] * x[n, (o * A + t * B + off) / D, c] on each axis, where that division is exact and
+// in range. x: [N, Di, Hi, Wi, C] contiguous float32/bfloat16; w: [k0, k1, k2, C] float32.
+// Returns float32 [N, Do, Ho, Wo, C].
+torch::Tensor gather(torch::Tensor x, torch::Tensor w, std::vector<int64_t> out_size,
+                     std::vector<int64_t> A, std::vector<int64_t> B, std::vector<int64_t> off,
+                     std::vector<int64_t> D) {
+  TORCH_CHECK(x.dim() == 5 && x.is_contiguous(), "expected a contiguous NDHWC x");
+  TORCH_CHECK(w.dim() == 4 && w.is_contiguous() && w.scalar_type() == torch::kFloat,
+              "expected a contiguous float32 [k0, k1, k2, C] w");
+  TORCH_CHECK(out_size.size() == 3 && A.size() == 3 && B.size() == 3 && off.size() == 3 &&
+              D.size() == 3);
+  const int64_t N = x.size(0), C = x.size(4);
+  TORCH_CHECK(w.size(3) == C, "x and w channels disagree");
+  std::vector<std::vector<std::vector<std::pair<int64_t, int64_t>>>> taps;
+  for (int i = 0; i < 3; ++i) {
+    TORCH_CHECK(D[i] >= 1, "D must be positive");
+    taps.push_back(axis_taps(out_size[i], x.size(1 + i), w.size(i), A[i], B[i], off[i], D[i]));
+  }
+  auto out = torch::empty({N, out_size[0], out_size[1], out_size[2], C},
+                          x.options().dtype(torch::kFloat));
+  const float* wt = w.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  if (x.scalar_type() == torch::kFloat) {
+    gather_all<float>(x.data_ptr<float>(), wt, o, N, x.size(1), x.size(2), x.size(3), C,
+                      out_size[0], out_size[1], out_size[2], w.size(1), w.size(2), taps[0],
+                      taps[1], taps[2]);
+  } else {
+    TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "expected float32 or bfloat16");
+    gather_all<uint16_t>(reinterpret_cast<const uint16_t*>(x.data_ptr()), wt, o, N, x.size(1),
+                         x.size(2), x.size(3), C, out_size[0], out_size[1], out_size[2],
+                         w.size(1), w.size(2), taps[0], taps[1], taps[2]);
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gather", &gather, "depthwise conv3d in gather form (NDHWC, CPU)");
+  m.def("grad_weight", &grad_weight, "depthwise conv3d weight gradient (NDHWC, CPU)");
+}

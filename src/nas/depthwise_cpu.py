@@ -1,0 +1,167 @@
+"""Compiled CPU kernels for depthwise 3D convolutions (`depthwise_cpu.cpp`): the weight
+gradient, and a gather-form correlation for dilated forwards and strided/dilated input
+gradients.
+
+Built on first use with torch's C++ extension machinery (g++ and ninja, about 30 s on two
+cores) into `~/.cache/saih-cosmo/kernels/`, once per processor, torch version and source;
+later processes only load it. Compiled for the processor it runs on (`-march=native`), so the
+build directory is keyed by the processor's model and flags (a shared home on a mixed cluster
+builds one per kind of node). If it cannot be built (no compiler), training falls back to the
+pure-PyTorch formulations in `depthwise.py` after one warning.
+
+    SAIH_CPU_KERNEL=0   # never build or use it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from src.perf.peak import DEFAULT_CACHE_DIR
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("depthwise_cpu.cpp")
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+MAX_KERNEL_WIDTH = 7  # the widths the C++ dispatch instantiates
+
+_enabled = os.environ.get("SAIH_CPU_KERNEL", "1") not in ("0", "false", "False", "")
+_module = None
+_failed = False
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Use the compiled kernel (if it builds) or not; returns the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    return previous
+
+
+def _cpu_signature() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return sys.platform
+    wanted = ("model name", "flags")
+    return "\n".join(sorted({ln for ln in lines if ln.split(":", 1)[0].strip() in wanted}))
+
+
+def build_name() -> str:
+    """Extension name: changes with the source, flags, torch version and processor."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode(),
+                 _cpu_signature().encode()):
+        h.update(part)
+    return f"saih_depthwise_{h.hexdigest()[:16]}"
+
+
+def _put_ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; an un-activated venv's pip-installed one is not there."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def load():
+    """The compiled module, or None (disabled, or the build failed: warned once)."""
+    global _module, _failed
+    if not _enabled or _failed:
+        return None
+    if _module is None:
+        from torch.utils import cpp_extension
+
+        _put_ninja_on_path()
+
+        name = build_name()
+        build_dir = Path(os.path.expanduser(DEFAULT_CACHE_DIR)) / "kernels" / name
+        try:
+            build_dir.mkdir(parents=True, exist_ok=True)
+            if not any(build_dir.glob("*.so")):
+                print(f"saih-cosmo: compiling the CPU depthwise-conv kernel into {build_dir} "
+                      "(once per machine, ~30 s)", file=sys.stderr, flush=True)
+            _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                                         extra_ldflags=["-fopenmp"],
+                                         build_directory=str(build_dir), verbose=False)
+        except Exception as err:  # no compiler / headers: the PyTorch paths still work
+            _failed = True
+            log.warning("CPU depthwise kernel unavailable (%s: %s); using the slower "
+                        "PyTorch formulation", type(err).__name__, str(err).splitlines()[0][:200])
+            return None
+    return _module
+
+
+def _usable(*tensors: torch.Tensor):
+    """The module if the kernel is on and takes these tensors, else None."""
+    w = tensors[-1]
+    if (w.shape[-1] > MAX_KERNEL_WIDTH
+            or any(t.dtype not in (torch.float32, torch.bfloat16) for t in tensors)
+            or len({t.dtype for t in tensors}) > 1):
+        return None
+    return load()
+
+
+def _ndhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 4, 1).contiguous()  # free for channels_last_3d tensors
+
+
+def _taps_last(w: torch.Tensor) -> torch.Tensor:
+    return w[:, 0].float().permute(1, 2, 3, 0).contiguous()  # [C, 1, k, k, k] -> [k, k, k, C]
+
+
+def _from_ndhwc(t: torch.Tensor, dtype) -> torch.Tensor:
+    return t.permute(0, 4, 1, 2, 3).to(dtype)  # a channels_last_3d NCDHW tensor
+
+
+def conv(x, w, stride, padding, dilation):
+    """`F.conv3d(x, w, None, stride, padding, dilation, groups=C)` by the gather kernel (for
+    dilated convs: torch's CPU kernels are slow there), or None."""
+    module = _usable(x, w)
+    if module is None:
+        return None
+    out = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+           for n, k, s, p, d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation,
+                                    strict=True)]
+    y = module.gather(_ndhwc(x), _taps_last(w), out, list(stride), list(dilation),
+                      [-p for p in padding], [1, 1, 1])
+    return _from_ndhwc(y, x.dtype)
+
+
+def grad_input(g, w, in_shape, stride, padding, dilation):
+    """dL/dx of the depthwise conv from the output gradient g, by the gather kernel:
+    gx[z] = sum over taps t of w[t] * g[(z + padding - dilation * t) / stride] where that
+    division is exact and in range. None where the kernel is unavailable."""
+    module = _usable(g, w)
+    if module is None:
+        return None
+    gx = module.gather(_ndhwc(g), _taps_last(w), list(in_shape[2:]), [1, 1, 1],
+                       [-d for d in dilation], list(padding), list(stride))
+    return _from_ndhwc(gx, g.dtype)
+
+
+def grad_weight(g, x, w, stride, padding, dilation):
+    """dL/dW of the depthwise conv from the output gradient g, or None where the compiled
+    kernel is unavailable."""
+    module = _usable(g, x, w)
+    if module is None:
+        return None
+    xp = F.pad(x, [p for p in reversed(padding) for _ in range(2)])
+    gw = module.grad_weight(_ndhwc(xp), _ndhwc(g), list(w.shape[2:]), list(stride),
+                            list(dilation))
+    fmt = (torch.channels_last_3d if w.is_contiguous(memory_format=torch.channels_last_3d)
+           and not w.is_contiguous() else torch.contiguous_format)
+    return gw.permute(3, 0, 1, 2).unsqueeze(1).to(w.dtype).contiguous(memory_format=fmt)
+
+
+def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the compiled kernels will run for this input and weight."""
+    return _usable(x, w) is not None
