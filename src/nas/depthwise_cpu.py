@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from src.perf.peak import DEFAULT_CACHE_DIR
 
@@ -154,9 +153,8 @@ def grad_weight(g, x, w, stride, padding, dilation):
     module = _usable(g, x, w)
     if module is None:
         return None
-    xp = F.pad(x, [p for p in reversed(padding) for _ in range(2)])
-    gw = module.grad_weight(_ndhwc(xp), _ndhwc(g), list(w.shape[2:]), list(stride),
-                            list(dilation))
+    gw = module.grad_weight(_ndhwc(x), _ndhwc(g), list(w.shape[2:]), list(stride),
+                            list(padding), list(dilation))
     fmt = (torch.channels_last_3d if w.is_contiguous(memory_format=torch.channels_last_3d)
            and not w.is_contiguous() else torch.contiguous_format)
     return gw.permute(3, 0, 1, 2).unsqueeze(1).to(w.dtype).contiguous(memory_format=fmt)
