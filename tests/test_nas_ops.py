@@ -70,3 +70,32 @@ def test_channel_shuffle_is_a_permutation():
     assert y == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_factorized_reduce_even_path_equals_the_padded_one(channels_last):
+    """Even cubes take the even/odd-voxel path; values and all gradients equal the original
+    pad-and-stride formulation (taken when the convs carry hooks)."""
+    torch.manual_seed(0)
+    fr = FactorizedReduce(3, 5).double()
+    x = torch.randn(2, 3, 6, 4, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    results = []
+    for hooked in (False, True):
+        handles = [fr.conv_1.register_forward_hook(lambda m, i, o: None)] if hooked else []
+        fr.zero_grad()
+        a = x.clone().requires_grad_(True)
+        y = fr(a)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        results.append((y.detach(), a.grad, [p.grad.clone() for p in fr.parameters()]))
+        for h in handles:
+            h.remove()
+    (y0, g0, p0), (y1, g1, p1) = results
+    assert y0.shape == (2, 5, 3, 2, 4)
+    torch.testing.assert_close(y0, y1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g0, g1, rtol=1e-12, atol=1e-12)
+    for a, b in zip(p0, p1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if channels_last:
+        assert g0.is_contiguous(memory_format=torch.channels_last_3d)

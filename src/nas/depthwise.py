@@ -277,7 +277,7 @@ def depthwise_conv3d(x, w, stride=1, padding=0, dilation=1) -> torch.Tensor:
     return _fast(x, w, stride, padding, dilation)
 
 
-def _has_hooks(m: nn.Module) -> bool:
+def has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                 or getattr(m, "_backward_pre_hooks", None)
                 or _module._global_forward_hooks or _module._global_forward_pre_hooks
@@ -294,7 +294,7 @@ def run_depthwise(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """
     if (conv.bias is not None or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
             or conv.groups != conv.in_channels or conv.out_channels != conv.in_channels
-            or _has_hooks(conv) or not _wants_fast_path(x, conv.weight)):
+            or has_hooks(conv) or not _wants_fast_path(x, conv.weight)):
         return conv(x)
     return depthwise_conv3d(x, conv.weight, conv.stride, conv.padding, conv.dilation)
 
@@ -311,7 +311,7 @@ def run_avg_pool(pool: nn.AvgPool3d, x: torch.Tensor) -> torch.Tensor | None:
     k, stride, pad = _triple(pool.kernel_size), _triple(pool.stride), _triple(pool.padding)
     if (pool.count_include_pad or pool.ceil_mode or pool.divisor_override is not None
             or any(kk % 2 == 0 or p != kk // 2 for kk, p in zip(k, pad, strict=True))
-            or _has_hooks(pool) or not _wants_fast_path(x, x.new_empty(x.shape[1], 1, *k))):
+            or has_hooks(pool) or not _wants_fast_path(x, x.new_empty(x.shape[1], 1, *k))):
         return None
     ones = x.new_ones(x.shape[1], 1, *k)
     total = depthwise_conv3d(x, ones, stride, pad)
