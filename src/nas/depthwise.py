@@ -3,7 +3,7 @@
 torch 2.13's CPU kernels compute both gradients of a depthwise (groups == channels) conv3d, and
 dilated convs in both directions, many times slower than the undilated forward, worst on the
 small cubes deep in the network. Here, for CPU tensors that need a gradient:
-- the compiled kernels of `depthwise_cpu` (built on first use; fp32/bf16) compute every weight
+- the compiled kernels of `cpu_kernels` (built on first use; fp32/bf16) compute every weight
   gradient, the forward of stride-1 dilated convs and the input gradient of strided or dilated
   ones; the undilated forward and the stride-1 input gradient stay with torch (oneDNN), as the
   correlation of the output gradient with the flipped kernel (`_grad_input`);
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
-from src.nas import depthwise_cpu
+from src.nas import cpu_kernels
 
 _ENABLED = os.environ.get("SAIH_FAST_DEPTHWISE", "1") not in ("0", "false", "False", "")
 
@@ -80,7 +80,7 @@ def _voxels(t: torch.Tensor) -> int:
 
 def _grad_input(g, w, in_shape, stride, padding, dilation, groups, x_like):
     if not _plain(stride, dilation):  # torch's strided/dilated kernels are the slow ones
-        gx = depthwise_cpu.grad_input(g, w, in_shape, stride, padding, dilation)
+        gx = cpu_kernels.grad_input(g, w, in_shape, stride, padding, dilation)
         if gx is not None:
             return gx
     pads = None
@@ -113,10 +113,10 @@ def _strided_grad_input(g, w, x_like, stride, padding, dilation, groups):
 
 
 def _grad_weight(g, x, w, stride, padding, dilation, groups):
-    """The compiled kernel (`depthwise_cpu`) where it builds; without it, stride 1 with a 5^3
+    """The compiled kernel (`cpu_kernels`) where it builds; without it, stride 1 with a 5^3
     kernel or in bf16/fp16: `folded_grad_weight`; torch's kernel otherwise (strided, the
     folded conv is dilated by the stride: measured slower)."""
-    gw = depthwise_cpu.grad_weight(g, x, w, stride, padding, dilation)
+    gw = cpu_kernels.grad_weight(g, x, w, stride, padding, dilation)
     if gw is not None:
         return gw
     taps = w.shape[2] * w.shape[3] * w.shape[4]
@@ -164,7 +164,7 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         y = None
         if any(d != 1 for d in dilation) and all(s == 1 for s in stride):
-            y = depthwise_cpu.conv(x, w, stride, padding, dilation)
+            y = cpu_kernels.conv(x, w, stride, padding, dilation)
         return F.conv3d(x, w, None, stride, padding, dilation, groups) if y is None else y
 
     @staticmethod
@@ -218,7 +218,7 @@ def _undilated(x, w, stride, padding, dilation):
         xs = x[:, :, ::d, ::d, ::d]
         return _fast(xs.contiguous(memory_format=_memory_format(x)), w, (1, 1, 1), pad, (1, 1, 1))
     if (any(s != 1 for s in stride) or min(x.shape[2:]) < 4 * d
-            or depthwise_cpu.applies(x, w)):
+            or cpu_kernels.applies(x, w)):
         # tiny cubes (4^3 at d=2): the residue grids are mostly padding, measured slower; the
         # compiled gather kernel runs the dilated conv directly, faster than both
         return None

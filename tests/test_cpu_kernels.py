@@ -1,4 +1,4 @@
-"""The compiled CPU depthwise kernels (src/nas/depthwise_cpu.cpp) against float64 autograd."""
+"""The compiled CPU depthwise kernels (src/nas/cpu_kernels.cpp) against float64 autograd."""
 
 import shutil
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.nas import depthwise_cpu
+from src.nas import cpu_kernels
 from src.nas.depthwise import depthwise_conv3d
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,7 +37,7 @@ def _close(ours, ref, dtype):
 
 @needs_compiler
 def test_kernel_builds_here():
-    assert depthwise_cpu.load() is not None
+    assert cpu_kernels.load() is not None
 
 
 @needs_compiler
@@ -57,9 +57,9 @@ def test_each_kernel_matches_float64(dtype, k, stride, dilation, padding, C, siz
     w = torch.randn(C, 1, k, k, k).to(dtype)
     y0, gx0, gw0, g = _reference(x, w, s3, padding, d3)
     g = g.to(dtype).contiguous(memory_format=CL)
-    y = depthwise_cpu.conv(x, w, s3, padding, d3)
-    gx = depthwise_cpu.grad_input(g, w, x.shape, s3, padding, d3)
-    gw = depthwise_cpu.grad_weight(g, x, w, s3, padding, d3)
+    y = cpu_kernels.conv(x, w, s3, padding, d3)
+    gx = cpu_kernels.grad_input(g, w, x.shape, s3, padding, d3)
+    gw = cpu_kernels.grad_weight(g, x, w, s3, padding, d3)
     assert y.dtype == gx.dtype == gw.dtype == dtype
     assert y.is_contiguous(memory_format=CL) and gx.is_contiguous(memory_format=CL)
     _close(y, y0, dtype)
@@ -79,13 +79,13 @@ def test_float32_training_path_with_and_without_the_kernel(compiled, stride, dil
     w = torch.randn(21, 1, k, k, k)
     padding = dilation * (k // 2)
     y0, gx0, gw0, g = _reference(x, w, stride, padding, dilation)
-    previous = depthwise_cpu.set_enabled(compiled)
+    previous = cpu_kernels.set_enabled(compiled)
     try:
         a, b = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
         y = depthwise_conv3d(a, b, stride, padding, dilation)
         y.backward(g.float().contiguous(memory_format=CL))
     finally:
-        depthwise_cpu.set_enabled(previous)
+        cpu_kernels.set_enabled(previous)
     for ours, ref in ((y, y0), (a.grad, gx0), (b.grad, gw0)):
         _close(ours.detach(), ref, torch.float32)
 
@@ -94,14 +94,14 @@ def test_float32_training_path_with_and_without_the_kernel(compiled, stride, dil
 def test_training_path_calls_the_kernel(monkeypatch):
     """With the kernel on, the weight gradient and a dilated conv go through it."""
     calls = []
-    module = depthwise_cpu.load()
+    module = cpu_kernels.load()
 
     class Spy:
         def __getattr__(self, name):
             calls.append(name)
             return getattr(module, name)
 
-    monkeypatch.setattr(depthwise_cpu, "load", lambda: Spy())
+    monkeypatch.setattr(cpu_kernels, "load", lambda: Spy())
     x = torch.randn(1, 4, 8, 8, 8).contiguous(memory_format=CL).requires_grad_(True)
     w = torch.randn(4, 1, 3, 3, 3, requires_grad=True)
     depthwise_conv3d(x, w, 1, 2, 2).sum().backward()
@@ -111,22 +111,22 @@ def test_training_path_calls_the_kernel(monkeypatch):
 def test_disabled_or_unsupported_returns_none():
     x = torch.randn(1, 2, 4, 4, 4, dtype=torch.float64)
     w = torch.randn(2, 1, 3, 3, 3, dtype=torch.float64)
-    assert depthwise_cpu.conv(x, w, (1,) * 3, (1,) * 3, (1,) * 3) is None  # float64
+    assert cpu_kernels.conv(x, w, (1,) * 3, (1,) * 3, (1,) * 3) is None  # float64
     wide = torch.randn(2, 1, 9, 9, 9)
-    assert depthwise_cpu.grad_weight(x.float(), x.float(), wide, (1,) * 3, (4,) * 3,
+    assert cpu_kernels.grad_weight(x.float(), x.float(), wide, (1,) * 3, (4,) * 3,
                                      (1,) * 3) is None  # wider than the instantiated 7
-    previous = depthwise_cpu.set_enabled(False)
+    previous = cpu_kernels.set_enabled(False)
     try:
-        assert depthwise_cpu.load() is None
+        assert cpu_kernels.load() is None
     finally:
-        depthwise_cpu.set_enabled(previous)
+        cpu_kernels.set_enabled(previous)
 
 
 def test_build_name_tracks_source_and_processor(monkeypatch):
-    name = depthwise_cpu.build_name()
-    assert name.startswith("saih_depthwise_") and name == depthwise_cpu.build_name()
-    monkeypatch.setattr(depthwise_cpu, "_cpu_signature", lambda: "another processor")
-    assert depthwise_cpu.build_name() != name
+    name = cpu_kernels.build_name()
+    assert name.startswith("saih_depthwise_") and name == cpu_kernels.build_name()
+    monkeypatch.setattr(cpu_kernels, "_cpu_signature", lambda: "another processor")
+    assert cpu_kernels.build_name() != name
 
 
 @needs_compiler
@@ -140,9 +140,79 @@ def test_two_threads_sum_their_buffers():
     n = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        gw = depthwise_cpu.grad_weight(g, x, w, (1,) * 3, (2,) * 3, (1,) * 3)
-        gx = depthwise_cpu.grad_input(g, w, x.shape, (1,) * 3, (2,) * 3, (1,) * 3)
+        gw = cpu_kernels.grad_weight(g, x, w, (1,) * 3, (2,) * 3, (1,) * 3)
+        gx = cpu_kernels.grad_input(g, w, x.shape, (1,) * 3, (2,) * 3, (1,) * 3)
     finally:
         torch.set_num_threads(n)
     _close(gw, gw0, torch.float32)
     _close(gx, gx0, torch.float32)
+
+
+def _bn_pair(C, affine, momentum):
+    torch.manual_seed(3)
+    ref = torch.nn.BatchNorm3d(C, affine=affine, momentum=momentum)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+    ours = torch.nn.BatchNorm3d(C, affine=affine, momentum=momentum)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine,momentum", [(True, 0.1), (False, None)])
+def test_fused_bn_leaky_relu_matches_torch(dtype, affine, momentum):
+    """Output, input and parameter gradients, running statistics and the batch count equal
+    torch's BatchNorm3d + LeakyReLU in training mode, over two steps (float64 reference)."""
+    C, slope = 27, 0.3
+    ref, ours = _bn_pair(C, affine, momentum)
+    ref = ref.double()
+    for step in range(2):
+        x = (torch.randn(2, C, 5, 6, 7) * 3 + 2).to(dtype).contiguous(memory_format=CL)
+        g = torch.randn(x.shape).to(dtype).contiguous(memory_format=CL)
+        a = x.double().requires_grad_(True)
+        y0 = F.leaky_relu(ref(a), slope)
+        y0.backward(g.double())
+        b = x.clone().requires_grad_(True)
+        y1 = cpu_kernels.bn_leaky_relu(b, ours, slope)
+        assert y1 is not None and y1.dtype == dtype and y1.is_contiguous(memory_format=CL)
+        y1.backward(g)
+        _close(y1.detach(), y0.detach(), dtype)
+        _close(b.grad, a.grad, dtype)
+        if affine:
+            _close(ours.weight.grad, ref.weight.grad, dtype)
+            _close(ours.bias.grad, ref.bias.grad, dtype)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(ours.running_mean.double(), ref.running_mean, rtol=tol, atol=tol)
+        torch.testing.assert_close(ours.running_var.double(), ref.running_var, rtol=tol, atol=tol)
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == step + 1
+
+
+def test_fused_bn_leaky_relu_declines_eval_and_contiguous_layout():
+    bn = torch.nn.BatchNorm3d(4)
+    x = torch.randn(2, 4, 3, 3, 3)
+    assert cpu_kernels.bn_leaky_relu(x, bn, 0.3) is None  # NCDHW: the row view would copy
+    bn.eval()
+    assert cpu_kernels.bn_leaky_relu(x.contiguous(memory_format=CL), bn, 0.3) is None
+
+
+@needs_compiler
+def test_darts_op_uses_the_fused_kernel_and_thop_hooks_do_not(monkeypatch):
+    from src.nas.ops import make_op
+
+    calls = []
+    real = cpu_kernels.bn_leaky_relu
+    monkeypatch.setattr(cpu_kernels, "bn_leaky_relu",
+                        lambda *a: calls.append(1) or real(*a))
+    op = make_op("sep_conv_3", 4, 1)
+    x = torch.randn(2, 4, 6, 6, 6).contiguous(memory_format=CL)
+    op(x)
+    assert len(calls) == 2  # two DilConv blocks
+    bn = next(m for m in op.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    handle = bn.register_forward_hook(lambda m, i, o: None)
+    calls.clear()
+    op(x)
+    handle.remove()
+    assert len(calls) == 1  # the hooked block called its modules

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels for depthwise 3D convolutions (`depthwise_cpu.cpp`): the weight
+"""Compiled CPU kernels for depthwise 3D convolutions (`cpu_kernels.cpp`): the weight
 gradient, and a gather-form correlation for dilated forwards and strided/dilated input
 gradients.
 
@@ -27,7 +27,7 @@ from src.perf.peak import DEFAULT_CACHE_DIR
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("depthwise_cpu.cpp")
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 MAX_KERNEL_WIDTH = 7  # the widths the C++ dispatch instantiates
 
@@ -86,7 +86,7 @@ def load():
         try:
             build_dir.mkdir(parents=True, exist_ok=True)
             if not any(build_dir.glob("*.so")):
-                print(f"saih-cosmo: compiling the CPU depthwise-conv kernel into {build_dir} "
+                print(f"saih-cosmo: compiling the CPU kernels (depthwise conv, BatchNorm+LeakyReLU) into {build_dir} "
                       "(once per machine, ~30 s)", file=sys.stderr, flush=True)
             _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
                                          extra_ldflags=["-fopenmp"],
@@ -163,3 +163,56 @@ def grad_weight(g, x, w, stride, padding, dilation):
 def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether the compiled kernels will run for this input and weight."""
     return _usable(x, w) is not None
+
+
+class _BNLeakyReLU(torch.autograd.Function):
+    """leaky_relu(batch_norm(x)) in training mode on [M, C] rows; returns (y, mean, biased var)."""
+
+    @staticmethod
+    def forward(ctx, rows, gamma, beta, eps, slope, module):
+        y, mean, var, invstd = module.bn_act_forward(rows, gamma, beta, eps, slope)
+        ctx.save_for_backward(rows, gamma, beta, mean, invstd)
+        ctx.slope, ctx.module = slope, module
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar):
+        rows, gamma, beta, mean, invstd = ctx.saved_tensors
+        gx, ggamma, gbeta = ctx.module.bn_act_backward(rows, gy.contiguous(), gamma, beta, mean,
+                                                       invstd, ctx.slope)
+        return gx, ggamma, gbeta, None, None, None
+
+
+def bn_leaky_relu(x: torch.Tensor, bn: torch.nn.BatchNorm3d, slope: float):
+    """`F.leaky_relu(bn(x), slope)` for a BatchNorm in training mode, fused (running statistics
+    updated as torch does), or None where the kernel does not apply: it takes channels_last_3d
+    fp32/bf16 CPU tensors (the NDHWC view is then free)."""
+    if (not bn.training or x.dim() != 5 or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.bfloat16)
+            or not x.is_contiguous(memory_format=torch.channels_last_3d)
+            or x.numel() // x.shape[1] < 2):
+        return None
+    module = load()
+    if module is None:
+        return None
+    B, C, D, H, W = x.shape
+    ones = x.new_ones(C, dtype=torch.float32)
+    gamma = bn.weight if bn.weight is not None else ones
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(ones)
+    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, C)  # a view: x is channels_last_3d
+    y, mean, var = _BNLeakyReLU.apply(rows, gamma.float(), beta.float(), bn.eps, float(slope),
+                                      module)
+    if bn.track_running_stats and bn.running_mean is not None:
+        _update_running_stats(bn, mean, var, rows.shape[0])
+    return y.view(B, D, H, W, C).permute(0, 4, 1, 2, 3)
+
+
+@torch.no_grad()
+def _update_running_stats(bn, mean, var, n: int) -> None:
+    """What `nn.BatchNorm3d.forward` does in training: count the batch, then move the running
+    mean and the running unbiased variance towards the batch's by the momentum."""
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+    bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)

@@ -1,10 +1,13 @@
-// Weight gradient of a depthwise 3D convolution on the CPU, channels-last (NDHWC) tensors.
+// CPU kernels for the DARTS ops, channels-last (NDHWC) tensors: the depthwise 3D conv's weight
+// gradient and gather-form correlation, and training BatchNorm + LeakyReLU fused.
+//
+// Depthwise weight gradient:
 //
 //   dW[a, b, e, c] = sum over n, d, h, w of
 //       x[n, d*s0 + a*l0 - p0, h*s1 + b*l1 - p1, w*s2 + e*l2 - p2, c] * g[n, d, h, w, c]
 //
-// with s the stride, l the dilation, p the padding (taps that land in it contribute nothing). torch 2.13's CPU kernel for
-// this runs at a few % of peak (benchmarks/depthwise_grads.py): here the channels are the
+// with s the stride, l the dilation, p the padding (taps that land in it contribute nothing).
+// torch 2.13's CPU kernel for this runs at a few % of peak (benchmarks/depthwise_grads.py): here the channels are the
 // vector lanes, the kernel's last axis is unrolled so its accumulators stay in registers
 // along a row, and each thread sums into its own buffer (reduced at the end), so every
 // multiply-add costs one load. bf16 inputs are widened to fp32; sums are fp32.
@@ -13,6 +16,8 @@
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -253,7 +258,223 @@ torch::Tensor gather(torch::Tensor x, torch::Tensor w, std::vector<int64_t> out_
   return out;
 }
 
+// ---- training-mode BatchNorm + LeakyReLU, fused --------------------------------------------
+// x: [M, C] rows of channels (an NDHWC tensor viewed flat). Two passes forward (statistics,
+// then y = leaky(x * scale + shift)) and two backward (per-channel sums, then dx), instead of
+// torch's separate BN and LeakyReLU kernels; the BN output is never stored.
+
+namespace {
+
+constexpr int64_t kRowChunk = 256;  // rows summed in fp32 before joining the fp64 totals
+
+// Per-channel sums over rows of f(row, c) pairs, computed in parallel over row chunks:
+// out[0][c] += f0, out[1][c] += f1. f fills two float arrays of C for one row.
+template <typename RowFn>
+void channel_sums(int64_t M, int64_t C, RowFn f, std::vector<double>& s0,
+                  std::vector<double>& s1) {
+  const int64_t chunks = (M + kRowChunk - 1) / kRowChunk;
+  const int nt = at::get_num_threads();
+  std::vector<double> part(static_cast<size_t>(nt) * 2 * C, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    double* mine = part.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C;
+    std::vector<float> a(C), b(C);
+    for (int64_t k = begin; k < end; ++k) {
+      std::fill(a.begin(), a.end(), 0.f);
+      std::fill(b.begin(), b.end(), 0.f);
+      const int64_t r1 = std::min(M, (k + 1) * kRowChunk);
+      for (int64_t r = k * kRowChunk; r < r1; ++r) f(r, a.data(), b.data());
+      for (int64_t c = 0; c < C; ++c) {
+        mine[c] += a[c];
+        mine[C + c] += b[c];
+      }
+    }
+  });
+  s0.assign(C, 0.0);
+  s1.assign(C, 0.0);
+  for (int t = 0; t < nt; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      s0[c] += part[static_cast<size_t>(t) * 2 * C + c];
+      s1[c] += part[static_cast<size_t>(t) * 2 * C + C + c];
+    }
+}
+
+// branch-free forms, so the channel loops vectorise
+inline float leaky(float z, float slope) { return std::max(z, 0.f) + slope * std::min(z, 0.f); }
+
+inline float leaky_slope(float z, float slope) { return z > 0.f ? 1.f : slope; }
+
+inline void store(float* p, float v) { *p = v; }
+
+inline void store(uint16_t* p, float v) {  // fp32 -> bf16, round to nearest even
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  *p = static_cast<uint16_t>(bits >> 16);
+}
+
+template <typename T>
+void bn_act_forward_impl(const T* x, T* y, int64_t M, int64_t C, const float* gamma,
+                         const float* beta, double eps, float slope, float* mean_out,
+                         float* var_out, float* invstd_out) {
+  // shifted sums (by the first row) keep E[x^2] - E[x]^2 from cancelling
+  std::vector<float> shift(C);
+  for (int64_t c = 0; c < C; ++c) shift[c] = widen(x[c]);
+  std::vector<double> s1, s2;
+  const float* __restrict sh = shift.data();
+  channel_sums(M, C, [&](int64_t r, float* __restrict a, float* __restrict b) {
+    const T* __restrict xr = x + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = widen(xr[c]) - sh[c];
+      a[c] += d;
+      b[c] += d * d;
+    }
+  }, s1, s2);
+  std::vector<float> scale(C), offset(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double m1 = s1[c] / M;
+    const double var = std::max(s2[c] / M - m1 * m1, 0.0);
+    const double mean = shift[c] + m1;
+    const double invstd = 1.0 / std::sqrt(var + eps);
+    mean_out[c] = static_cast<float>(mean);
+    var_out[c] = static_cast<float>(var);
+    invstd_out[c] = static_cast<float>(invstd);
+    scale[c] = static_cast<float>(gamma[c] * invstd);
+    offset[c] = static_cast<float>(beta[c] - mean * gamma[c] * invstd);
+  }
+  const float* __restrict sc = scale.data();
+  const float* __restrict of = offset.data();
+  at::parallel_for(0, M, kRowChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* __restrict xr = x + r * C;
+      T* __restrict yr = y + r * C;
+      for (int64_t c = 0; c < C; ++c) store(yr + c, leaky(widen(xr[c]) * sc[c] + of[c], slope));
+    }
+  });
+}
+
+template <typename T>
+void bn_act_backward_impl(const T* x, const T* gy, T* gx, int64_t M, int64_t C,
+                          const float* gamma, const float* beta, const float* mean,
+                          const float* invstd, float slope, float* ggamma, float* gbeta) {
+  std::vector<float> scale(C), offset(C);
+  for (int64_t c = 0; c < C; ++c) {
+    scale[c] = gamma[c] * invstd[c];
+    offset[c] = beta[c] - mean[c] * scale[c];
+  }
+  // gz = dL/d(BN output) through the LeakyReLU; sums of gz and gz * xhat per channel
+  std::vector<double> sg, sgx;
+  const float* __restrict sc = scale.data();
+  const float* __restrict of = offset.data();
+  channel_sums(M, C, [&](int64_t r, float* __restrict a, float* __restrict b) {
+    const T* __restrict xr = x + r * C;
+    const T* __restrict gr = gy + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float xv = widen(xr[c]);
+      const float gz = widen(gr[c]) * leaky_slope(xv * sc[c] + of[c], slope);
+      a[c] += gz;
+      b[c] += gz * (xv - mean[c]) * invstd[c];
+    }
+  }, sg, sgx);
+  // dx = gamma * invstd * (gz - mean(gz) - xhat * mean(gz * xhat)) = k1 * gz + k2 * x + k3
+  std::vector<float> k1(C), k2(C), k3(C);
+  for (int64_t c = 0; c < C; ++c) {
+    ggamma[c] = static_cast<float>(sgx[c]);
+    gbeta[c] = static_cast<float>(sg[c]);
+    const double a = static_cast<double>(gamma[c]) * invstd[c];
+    const double b = -a * invstd[c] * sgx[c] / M;
+    k1[c] = static_cast<float>(a);
+    k2[c] = static_cast<float>(b);
+    k3[c] = static_cast<float>(-a * sg[c] / M - b * mean[c]);
+  }
+  const float* __restrict c1 = k1.data();
+  const float* __restrict c2 = k2.data();
+  const float* __restrict c3 = k3.data();
+  at::parallel_for(0, M, kRowChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* __restrict xr = x + r * C;
+      const T* __restrict gr = gy + r * C;
+      T* __restrict out = gx + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float xv = widen(xr[c]);
+        const float gz = widen(gr[c]) * leaky_slope(xv * sc[c] + of[c], slope);
+        store(out + c, c1[c] * gz + c2[c] * xv + c3[c]);
+      }
+    }
+  });
+}
+
+void check_rows(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), name, ": expected a contiguous [M, C] tensor");
+  TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16, name,
+              ": expected float32 or bfloat16");
+}
+
+void check_channels(const torch::Tensor& t, int64_t C, const char* name) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == C && t.is_contiguous() &&
+                  t.scalar_type() == torch::kFloat,
+              name, ": expected a contiguous float32 vector of ", C);
+}
+
+}  // namespace
+
+// Returns (y, mean, biased var, invstd); y has x's dtype, the rest float32 [C].
+std::vector<torch::Tensor> bn_act_forward(torch::Tensor x, torch::Tensor gamma,
+                                          torch::Tensor beta, double eps, double slope) {
+  check_rows(x, "x");
+  const int64_t M = x.size(0), C = x.size(1);
+  TORCH_CHECK(M > 1, "BatchNorm needs more than one value per channel");
+  check_channels(gamma, C, "gamma");
+  check_channels(beta, C, "beta");
+  auto f32 = x.options().dtype(torch::kFloat);
+  auto y = torch::empty_like(x);
+  auto mean = torch::empty({C}, f32), var = torch::empty({C}, f32), inv = torch::empty({C}, f32);
+  if (x.scalar_type() == torch::kFloat) {
+    bn_act_forward_impl<float>(x.data_ptr<float>(), y.data_ptr<float>(), M, C,
+                               gamma.data_ptr<float>(), beta.data_ptr<float>(), eps,
+                               static_cast<float>(slope), mean.data_ptr<float>(),
+                               var.data_ptr<float>(), inv.data_ptr<float>());
+  } else {
+    bn_act_forward_impl<uint16_t>(reinterpret_cast<const uint16_t*>(x.data_ptr()),
+                                  reinterpret_cast<uint16_t*>(y.data_ptr()), M, C,
+                                  gamma.data_ptr<float>(), beta.data_ptr<float>(), eps,
+                                  static_cast<float>(slope), mean.data_ptr<float>(),
+                                  var.data_ptr<float>(), inv.data_ptr<float>());
+  }
+  return {y, mean, var, inv};
+}
+
+// Returns (dx in x's dtype, dgamma, dbeta float32).
+std::vector<torch::Tensor> bn_act_backward(torch::Tensor x, torch::Tensor gy, torch::Tensor gamma,
+                                           torch::Tensor beta, torch::Tensor mean,
+                                           torch::Tensor invstd, double slope) {
+  check_rows(x, "x");
+  check_rows(gy, "gy");
+  TORCH_CHECK(gy.sizes() == x.sizes() && gy.scalar_type() == x.scalar_type(),
+              "gy must match x");
+  const int64_t M = x.size(0), C = x.size(1);
+  for (auto* t : {&gamma, &beta, &mean, &invstd}) check_channels(*t, C, "channel vector");
+  auto gx = torch::empty_like(x);
+  auto ggamma = torch::empty({C}, gamma.options()), gbeta = torch::empty({C}, gamma.options());
+  if (x.scalar_type() == torch::kFloat) {
+    bn_act_backward_impl<float>(x.data_ptr<float>(), gy.data_ptr<float>(), gx.data_ptr<float>(),
+                                M, C, gamma.data_ptr<float>(), beta.data_ptr<float>(),
+                                mean.data_ptr<float>(), invstd.data_ptr<float>(),
+                                static_cast<float>(slope), ggamma.data_ptr<float>(),
+                                gbeta.data_ptr<float>());
+  } else {
+    bn_act_backward_impl<uint16_t>(
+        reinterpret_cast<const uint16_t*>(x.data_ptr()),
+        reinterpret_cast<const uint16_t*>(gy.data_ptr()), reinterpret_cast<uint16_t*>(gx.data_ptr()),
+        M, C, gamma.data_ptr<float>(), beta.data_ptr<float>(), mean.data_ptr<float>(),
+        invstd.data_ptr<float>(), static_cast<float>(slope), ggamma.data_ptr<float>(),
+        gbeta.data_ptr<float>());
+  }
+  return {gx, ggamma, gbeta};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bn_act_forward", &bn_act_forward, "training BatchNorm + LeakyReLU forward ([M, C])");
+  m.def("bn_act_backward", &bn_act_backward, "training BatchNorm + LeakyReLU backward ([M, C])");
   m.def("gather", &gather, "depthwise conv3d in gather form (NDHWC, CPU)");
   m.def("grad_weight", &grad_weight, "depthwise conv3d weight gradient (NDHWC, CPU)");
 }
