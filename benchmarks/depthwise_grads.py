@@ -8,7 +8,7 @@ Per cube (channels:size:batch) and kernel size (3, 5), channels_last_3d, 'same' 
 of --repeats, in ms. Stride 1: the forward; torch's input gradient and weight gradient
 (`aten.convolution_backward`, one output each); the forward conv of the output gradient with the
 flipped kernel (= the input gradient); the weight gradient as one batch-folded forward conv
-(`folded_grad_weight`) and by the compiled kernel (`k_gw`, src/nas/depthwise_cpu.cpp).
+(`folded_grad_weight`) and by the compiled kernel (`k_gw`, src/nas/cpu_kernels.cpp).
 Dilation 2 (`d2_`): forward and input gradient by torch and by the compiled gather kernel.
 Stride 2 (`s2_`): the input gradient by torch, by the transposed conv in the contiguous layout,
 and by the gather kernel; the weight gradient by torch and by the compiled kernel.
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from src.nas import depthwise_cpu  # noqa: E402
+from src.nas import cpu_kernels  # noqa: E402
 from src.nas.depthwise import folded_grad_weight  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def _kernel_ms(fn, repeats: int) -> float:
-    return median_ms(fn, repeats) if depthwise_cpu.load() is not None else float("nan")
+    return median_ms(fn, repeats) if cpu_kernels.load() is not None else float("nan")
 
 
 def time_kernel(k: int, C: int, n: int, batch: int, repeats: int,
@@ -68,17 +68,17 @@ def time_kernel(k: int, C: int, n: int, batch: int, repeats: int,
             median_ms(lambda: backward(g, 1, 1, [False, True, False]), repeats),
             median_ms(lambda: F.conv3d(g, w.flip(2, 3, 4), padding=p, groups=C), repeats),
             median_ms(lambda: folded_grad_weight(g, x, w, pad, one), repeats),
-            _kernel_ms(lambda: depthwise_cpu.grad_weight(g, x, w, one, pad, one), repeats),
+            _kernel_ms(lambda: cpu_kernels.grad_weight(g, x, w, one, pad, one), repeats),
             median_ms(lambda: F.conv3d(x, w, None, 1, 2 * p, 2, C), repeats),
-            _kernel_ms(lambda: depthwise_cpu.conv(x, w, one, pad2, two), repeats),
+            _kernel_ms(lambda: cpu_kernels.conv(x, w, one, pad2, two), repeats),
             median_ms(lambda: backward(g, 1, 2, [True, False, False]), repeats),
-            _kernel_ms(lambda: depthwise_cpu.grad_input(g, w, x.shape, one, pad2, two), repeats),
+            _kernel_ms(lambda: cpu_kernels.grad_input(g, w, x.shape, one, pad2, two), repeats),
             median_ms(lambda: backward(g2, 2, 1, [True, False, False]), repeats),
             median_ms(lambda: F.conv_transpose3d(g2.contiguous(), w.contiguous(), None, 2, p,
                                                  out_pad, C), repeats),
-            _kernel_ms(lambda: depthwise_cpu.grad_input(g2, w, x.shape, two, pad, one), repeats),
+            _kernel_ms(lambda: cpu_kernels.grad_input(g2, w, x.shape, two, pad, one), repeats),
             median_ms(lambda: backward(g2, 2, 1, [False, True, False]), repeats),
-            _kernel_ms(lambda: depthwise_cpu.grad_weight(g2, x, w, two, pad, one), repeats))
+            _kernel_ms(lambda: cpu_kernels.grad_weight(g2, x, w, two, pad, one), repeats))
 
 
 COLUMNS = ("forward", "grad_input", "grad_weight", "flipped", "folded_gw", "k_gw",
