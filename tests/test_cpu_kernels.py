@@ -216,3 +216,21 @@ def test_darts_op_uses_the_fused_kernel_and_thop_hooks_do_not(monkeypatch):
     op(x)
     handle.remove()
     assert len(calls) == 1  # the hooked block called its modules
+
+
+@needs_compiler
+def test_dilated_conv_under_bf16_autocast_takes_the_kernel():
+    """Under autocast the input (bf16) and the weight (fp32) differ in dtype until the conv
+    casts them: the kernel must still be chosen over the space-to-batch rewrite."""
+    import src.nas.depthwise as dw
+
+    x = torch.randn(2, 4, 8, 8, 8).to(torch.bfloat16).contiguous(memory_format=CL)
+    w = torch.randn(4, 1, 3, 3, 3, requires_grad=True)
+    assert cpu_kernels.applies(x, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpu_kernels.applies(torch.randn(1, 4, 8, 8, 8), w)
+        assert dw._undilated(x, w, (1,) * 3, (2,) * 3, (2,) * 3) is None
+        y = depthwise_conv3d(x.requires_grad_(True), w, 1, 2, 2)
+    assert y.dtype == torch.bfloat16
+    assert not cpu_kernels.applies(x.double(), w.double())
+    assert not cpu_kernels.applies(x, torch.randn(4, 1, 9, 9, 9))

@@ -161,8 +161,11 @@ def grad_weight(g, x, w, stride, padding, dilation):
 
 
 def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether the compiled kernels will run for this input and weight."""
-    return _usable(x, w) is not None
+    """Whether the compiled kernels will run for this input and weight, in the dtype the conv
+    runs in (under CPU autocast: the autocast dtype, to which both are cast)."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return (dtype in (torch.float32, torch.bfloat16) and w.shape[-1] <= MAX_KERNEL_WIDTH
+            and load() is not None)
 
 
 class _BNLeakyReLU(torch.autograd.Function):
