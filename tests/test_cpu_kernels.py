@@ -1,5 +1,6 @@
 """The compiled CPU depthwise kernels (src/nas/cpu_kernels.cpp) against float64 autograd."""
 
+import os
 import shutil
 
 import pytest
@@ -234,3 +235,17 @@ def test_dilated_conv_under_bf16_autocast_takes_the_kernel():
     assert y.dtype == torch.bfloat16
     assert not cpu_kernels.applies(x.double(), w.double())
     assert not cpu_kernels.applies(x, torch.randn(4, 1, 9, 9, 9))
+
+
+def test_build_dir_falls_back_to_temp_when_home_cache_is_read_only(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    monkeypatch.setattr(cpu_kernels, "DEFAULT_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setattr(cpu_kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert cpu_kernels._build_dir("k").parent.parent == home / "cache"
+    real_access = os.access
+    monkeypatch.setattr(cpu_kernels.os, "access",
+                        lambda p, mode: False if str(p).startswith(str(home)) else real_access(p, mode))
+    assert cpu_kernels._build_dir("k2").is_relative_to(tmp_path / "tmp")
+    monkeypatch.setattr(cpu_kernels.os, "access", lambda p, mode: False)
+    with pytest.raises(OSError, match="no writable directory"):
+        cpu_kernels._build_dir("k3")

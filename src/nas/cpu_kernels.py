@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -71,6 +72,20 @@ def _put_ninja_on_path() -> None:
         os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def _build_dir(name: str) -> Path:
+    """~/.cache/saih-cosmo/kernels/<name>, or under the temp dir where the home is read-only."""
+    for root in (Path(os.path.expanduser(DEFAULT_CACHE_DIR)),
+                 Path(tempfile.gettempdir()) / f"saih-cosmo-{os.getuid()}"):
+        path = root / "kernels" / name
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path, os.W_OK):
+            return path
+    raise OSError("no writable directory to build the CPU kernels in")
+
+
 def load():
     """The compiled module, or None (disabled, or the build failed: warned once)."""
     global _module, _failed
@@ -82,19 +97,18 @@ def load():
         _put_ninja_on_path()
 
         name = build_name()
-        build_dir = Path(os.path.expanduser(DEFAULT_CACHE_DIR)) / "kernels" / name
         try:
-            build_dir.mkdir(parents=True, exist_ok=True)
+            build_dir = _build_dir(name)
             if not any(build_dir.glob("*.so")):
-                print(f"saih-cosmo: compiling the CPU kernels (depthwise conv, BatchNorm+LeakyReLU) into {build_dir} "
+                print(f"saih-cosmo: compiling the CPU kernels into {build_dir} "
                       "(once per machine, ~30 s)", file=sys.stderr, flush=True)
             _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
                                          extra_ldflags=["-fopenmp"],
                                          build_directory=str(build_dir), verbose=False)
         except Exception as err:  # no compiler / headers: the PyTorch paths still work
             _failed = True
-            log.warning("CPU depthwise kernel unavailable (%s: %s); using the slower "
-                        "PyTorch formulation", type(err).__name__, str(err).splitlines()[0][:200])
+            log.warning("CPU kernels unavailable (%s: %s); using the slower PyTorch "
+                        "formulations", type(err).__name__, str(err).splitlines()[0][:200])
             return None
     return _module
 
