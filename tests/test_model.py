@@ -37,6 +37,13 @@ def test_too_small_input_is_a_clear_error(size):
         CosmoFlowNet(1, size, 3)
 
 
+def test_negative_slope_below_zero_is_a_clear_error():
+    # pool-before-activation would silently change the function for a decreasing activation
+    with pytest.raises(ModelConfigError, match="negative_slope=-0.1"):
+        CosmoFlowNet(1, 16, 3, negative_slope=-0.1)
+    CosmoFlowNet(1, 16, 3, negative_slope=0.0)  # ReLU: still monotone, allowed
+
+
 def test_lars_caps_the_relative_update():
     w = torch.nn.Parameter(torch.ones(4, 4))
     before = [w.detach().clone()]

@@ -2,7 +2,7 @@
 
 Conv blocks: Conv3d(k=3, 'same') with 32*2^i filters -> LeakyReLU(0.3) -> MaxPool3d(2), computed
 as conv -> pool -> LeakyReLU: a non-decreasing activation commutes with max, so the function is
-the same and the activation touches 8x fewer voxels.
+the same and the activation touches 8x fewer voxels (hence negative_slope >= 0 is required).
 The number of blocks follows the input size: blocks are added while the spatial size stays
 >= `min_spatial` after pooling, capped at `max_blocks` (MLPerf uses 5 blocks at 128^3,
 leaving 4^3). So 32^3 -> 3 blocks (4^3), 64^3 -> 4 blocks (4^3), 128^3 -> 5 blocks (4^3),
@@ -80,6 +80,11 @@ class CosmoFlowNet(nn.Module):
         negative_slope: float = 0.3,
     ):
         super().__init__()
+        if negative_slope < 0:  # pool-then-activation equals the paper's order only if monotone
+            raise ModelConfigError(
+                f"negative_slope={negative_slope}: the CosmoFlow net pools before its LeakyReLU, "
+                "which is the same function only for negative_slope >= 0"
+            )
         if n_blocks is None:
             n_blocks = blocks_for_size(input_size, min_spatial, max_blocks)
         elif input_size // 2**n_blocks < 1 or input_size % 2**n_blocks:
