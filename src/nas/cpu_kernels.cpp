@@ -7,10 +7,11 @@
 //       x[n, d*s0 + a*l0 - p0, h*s1 + b*l1 - p1, w*s2 + e*l2 - p2, c] * g[n, d, h, w, c]
 //
 // with s the stride, l the dilation, p the padding (taps that land in it contribute nothing).
-// torch 2.13's CPU kernel for this runs at a few % of peak (benchmarks/depthwise_grads.py): here the channels are the
-// vector lanes, the kernel's last axis is unrolled so its accumulators stay in registers
-// along a row, and each thread sums into its own buffer (reduced at the end), so every
-// multiply-add costs one load. bf16 inputs are widened to fp32; sums are fp32.
+// torch 2.13's CPU kernel for this runs at a few % of peak (benchmarks/depthwise_grads.py):
+// here the channels are the vector lanes, the kernel's last axis is unrolled so its
+// accumulators stay in registers along a row, and each thread sums into its own buffer
+// (reduced at the end), so every multiply-add costs one load. bf16 inputs are widened to
+// fp32; sums are fp32.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -19,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -31,6 +33,16 @@ inline float widen(uint16_t v) {  // bf16 bits -> fp32
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+// Calls f(std::integral_constant<int, BW>{}, c0) over the channels [0, C): blocks of BW = 16
+// lanes (one AVX-512 register of fp32), then 8, then single lanes.
+template <typename F>
+void for_channel_blocks(int64_t C, F f) {
+  int64_t c0 = 0;
+  for (; c0 + 16 <= C; c0 += 16) f(std::integral_constant<int, 16>{}, c0);
+  for (; c0 + 8 <= C; c0 += 8) f(std::integral_constant<int, 8>{}, c0);
+  for (; c0 < C; ++c0) f(std::integral_constant<int, 1>{}, c0);
 }
 
 // Shapes and conv parameters; x is the unpadded input [N, Di, Hi, Wi, C], g the output
@@ -94,13 +106,9 @@ void accumulate(const T* x, const T* g, float* buffers, int64_t N, const Geometr
             if (zh < 0 || zh >= G.Hi) continue;
             const T* xrow = x + ((n * G.Di + zd) * G.Hi + zh) * G.Wi * c;
             const T* grow = g + ((n * G.Do + d) * G.Ho + h) * G.Wo * c;
-            // all channels: blocks of 16, then 8, then single lanes
-            int64_t c0 = 0;
-            for (; c0 + 16 <= c; c0 += 16)
-              row<T, 16, KW>(xrow + c0, grow + c0, acc_ab + c0, G, w_lo, w_hi);
-            for (; c0 + 8 <= c; c0 += 8)
-              row<T, 8, KW>(xrow + c0, grow + c0, acc_ab + c0, G, w_lo, w_hi);
-            for (; c0 < c; ++c0) row<T, 1, KW>(xrow + c0, grow + c0, acc_ab + c0, G, w_lo, w_hi);
+            for_channel_blocks(c, [&](auto bw, int64_t c0) {
+              row<T, decltype(bw)::value, KW>(xrow + c0, grow + c0, acc_ab + c0, G, w_lo, w_hi);
+            });
           }
         }
       }
@@ -178,10 +186,9 @@ void gather_all(const T* x, const float* wt, float* out, int64_t N, int64_t Di, 
             rows.emplace_back(x + ((n * Di + ad.second) * Hi + bh.second) * Wi * C,
                               wt + (ad.first * k1 + bh.first) * k2 * C);
         float* orow = out + ((n * Do + d) * Ho + h) * Wo * C;
-        int64_t c0 = 0;
-        for (; c0 + 16 <= C; c0 += 16) gather_row<T, 16>(rows, t2, orow, Wo, C, c0);
-        for (; c0 + 8 <= C; c0 += 8) gather_row<T, 8>(rows, t2, orow, Wo, C, c0);
-        for (; c0 < C; ++c0) gather_row<T, 1>(rows, t2, orow, Wo, C, c0);
+        for_channel_blocks(C, [&](auto bw, int64_t c0) {
+          gather_row<T, decltype(bw)::value>(rows, t2, orow, Wo, C, c0);
+        });
       }
     }
   });
@@ -209,7 +216,8 @@ torch::Tensor grad_weight(torch::Tensor x, torch::Tensor g, std::vector<int64_t>
     G.p[i] = padding[i];
   }
   const int64_t taps = kernel[0] * kernel[1] * kernel[2];
-  auto buffers = torch::zeros({at::get_num_threads(), taps * G.C}, g.options().dtype(torch::kFloat));
+  auto buffers =
+      torch::zeros({at::get_num_threads(), taps * G.C}, g.options().dtype(torch::kFloat));
   float* buf = buffers.data_ptr<float>();
   if (x.scalar_type() == torch::kFloat) {
     dispatch_kw<float>(kernel[2], x.data_ptr<float>(), g.data_ptr<float>(), buf, N, G);
@@ -464,7 +472,8 @@ std::vector<torch::Tensor> bn_act_backward(torch::Tensor x, torch::Tensor gy, to
   } else {
     bn_act_backward_impl<uint16_t>(
         reinterpret_cast<const uint16_t*>(x.data_ptr()),
-        reinterpret_cast<const uint16_t*>(gy.data_ptr()), reinterpret_cast<uint16_t*>(gx.data_ptr()),
+        reinterpret_cast<const uint16_t*>(gy.data_ptr()),
+        reinterpret_cast<uint16_t*>(gx.data_ptr()),
         M, C, gamma.data_ptr<float>(), beta.data_ptr<float>(), mean.data_ptr<float>(),
         invstd.data_ptr<float>(), static_cast<float>(slope), ggamma.data_ptr<float>(),
         gbeta.data_ptr<float>());

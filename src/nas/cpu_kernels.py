@@ -1,13 +1,13 @@
-"""Compiled CPU kernels for depthwise 3D convolutions (`cpu_kernels.cpp`): the weight
-gradient, and a gather-form correlation for dilated forwards and strided/dilated input
-gradients.
+"""Compiled CPU kernels for the DARTS ops (`cpu_kernels.cpp`): the depthwise 3D conv's weight
+gradient and a gather-form correlation (dilated forwards, strided/dilated input gradients),
+and training-mode BatchNorm + LeakyReLU fused.
 
 Built on first use with torch's C++ extension machinery (g++ and ninja, about 30 s on two
 cores) into `~/.cache/saih-cosmo/kernels/`, once per processor, torch version and source;
 later processes only load it. Compiled for the processor it runs on (`-march=native`), so the
 build directory is keyed by the processor's model and flags (a shared home on a mixed cluster
 builds one per kind of node). If it cannot be built (no compiler), training falls back to the
-pure-PyTorch formulations in `depthwise.py` after one warning.
+pure-PyTorch formulations (`depthwise.py`, torch's BatchNorm and LeakyReLU) after one warning.
 
     SAIH_CPU_KERNEL=0   # never build or use it
 """
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 MAX_KERNEL_WIDTH = 7  # the widths the C++ dispatch instantiates
+DTYPES = (torch.float32, torch.bfloat16)  # what the kernels read and write
 
 _enabled = os.environ.get("SAIH_CPU_KERNEL", "1") not in ("0", "false", "False", "")
 _module = None
@@ -113,14 +114,14 @@ def load():
     return _module
 
 
+def _takes(dtypes, w: torch.Tensor) -> bool:
+    """One dtype the kernels handle, and a kernel width the C++ dispatch instantiates."""
+    return len(set(dtypes)) == 1 and dtypes[0] in DTYPES and w.shape[-1] <= MAX_KERNEL_WIDTH
+
+
 def _usable(*tensors: torch.Tensor):
-    """The module if the kernel is on and takes these tensors, else None."""
-    w = tensors[-1]
-    if (w.shape[-1] > MAX_KERNEL_WIDTH
-            or any(t.dtype not in (torch.float32, torch.bfloat16) for t in tensors)
-            or len({t.dtype for t in tensors}) > 1):
-        return None
-    return load()
+    """The module if the kernel is on and takes these tensors (the weight last), else None."""
+    return load() if _takes([t.dtype for t in tensors], tensors[-1]) else None
 
 
 def _ndhwc(t: torch.Tensor) -> torch.Tensor:
@@ -169,17 +170,14 @@ def grad_weight(g, x, w, stride, padding, dilation):
         return None
     gw = module.grad_weight(_ndhwc(x), _ndhwc(g), list(w.shape[2:]), list(stride),
                             list(padding), list(dilation))
-    fmt = (torch.channels_last_3d if w.is_contiguous(memory_format=torch.channels_last_3d)
-           and not w.is_contiguous() else torch.contiguous_format)
-    return gw.permute(3, 0, 1, 2).unsqueeze(1).to(w.dtype).contiguous(memory_format=fmt)
+    return gw.permute(3, 0, 1, 2).unsqueeze(1).to(w.dtype)  # [C, 1, k, k, k]
 
 
 def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether the compiled kernels will run for this input and weight, in the dtype the conv
     runs in (under CPU autocast: the autocast dtype, to which both are cast)."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return (dtype in (torch.float32, torch.bfloat16) and w.shape[-1] <= MAX_KERNEL_WIDTH
-            and load() is not None)
+    return _takes([dtype], w) and load() is not None
 
 
 class _BNLeakyReLU(torch.autograd.Function):
@@ -206,7 +204,7 @@ def bn_leaky_relu(x: torch.Tensor, bn: torch.nn.BatchNorm3d, slope: float):
     updated as torch does), or None where the kernel does not apply: it takes channels_last_3d
     fp32/bf16 CPU tensors (the NDHWC view is then free)."""
     if (not bn.training or x.dim() != 5 or x.device.type != "cpu"
-            or x.dtype not in (torch.float32, torch.bfloat16)
+            or x.dtype not in DTYPES
             or not x.is_contiguous(memory_format=torch.channels_last_3d)
             or x.numel() // x.shape[1] < 2):
         return None
@@ -214,9 +212,8 @@ def bn_leaky_relu(x: torch.Tensor, bn: torch.nn.BatchNorm3d, slope: float):
     if module is None:
         return None
     B, C, D, H, W = x.shape
-    ones = x.new_ones(C, dtype=torch.float32)
-    gamma = bn.weight if bn.weight is not None else ones
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(ones)
+    gamma = bn.weight if bn.weight is not None else x.new_ones(C, dtype=torch.float32)
+    beta = bn.bias if bn.bias is not None else x.new_zeros(C, dtype=torch.float32)
     rows = x.permute(0, 2, 3, 4, 1).reshape(-1, C)  # a view: x is channels_last_3d
     y, mean, var = _BNLeakyReLU.apply(rows, gamma.float(), beta.float(), bn.eps, float(slope),
                                       module)

@@ -118,7 +118,7 @@ def _grad_weight(g, x, w, stride, padding, dilation, groups):
     folded conv is dilated by the stride: measured slower)."""
     gw = cpu_kernels.grad_weight(g, x, w, stride, padding, dilation)
     if gw is not None:
-        return gw
+        return gw.contiguous(memory_format=memory_format(w))
     taps = w.shape[2] * w.shape[3] * w.shape[4]
     if all(v == 1 for v in stride) and (taps >= _FOLD_MIN_TAPS or w.dtype in _LOW_PRECISION):
         return folded_grad_weight(g, x, w, padding, dilation)
@@ -153,7 +153,7 @@ def folded_grad_weight(g, x, w, padding, dilation):
     k0, k1, k2 = w.shape[2:]
     gw = folded[:, :, :k0, :k1, :k2].reshape(B, C, k0, k1, k2).sum(
         0, dtype=torch.promote_types(w.dtype, torch.float32))  # bf16 grads summed in fp32
-    return gw.unsqueeze(1).to(w.dtype).contiguous(memory_format=_memory_format(w))
+    return gw.unsqueeze(1).to(w.dtype).contiguous(memory_format=memory_format(w))
 
 
 class _DepthwiseConv3dFn(torch.autograd.Function):
@@ -172,10 +172,7 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
         # match the plain conv: its backward sees grad_output in the input's memory format
-        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-            g = g.contiguous(memory_format=torch.channels_last_3d)
-        else:
-            g = g.contiguous()
+        g = g.contiguous(memory_format=memory_format(x))
         gx = gw = None
         with torch.autocast("cpu", enabled=False):
             if ctx.needs_input_grad[0]:
@@ -193,7 +190,9 @@ def _wants_fast_path(x: torch.Tensor, w: torch.Tensor) -> bool:
             and x.dim() == 5 and w.shape[1] == 1 and w.shape[0] == x.shape[1])
 
 
-def _memory_format(t: torch.Tensor):
+def memory_format(t: torch.Tensor):
+    """channels_last_3d for a tensor laid out so (and not also plain contiguous), else
+    contiguous_format: the layout torch's convs keep."""
     if t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
         return torch.channels_last_3d
     return torch.contiguous_format
@@ -216,14 +215,14 @@ def _undilated(x, w, stride, padding, dilation):
     pad = tuple(kk // 2 for kk in k)
     if all(s == d for s in stride):
         xs = x[:, :, ::d, ::d, ::d]
-        return _fast(xs.contiguous(memory_format=_memory_format(x)), w, (1, 1, 1), pad, (1, 1, 1))
+        return _fast(xs.contiguous(memory_format=memory_format(x)), w, (1, 1, 1), pad, (1, 1, 1))
     if (any(s != 1 for s in stride) or min(x.shape[2:]) < 4 * d
             or cpu_kernels.applies(x, w)):
         # tiny cubes (4^3 at d=2): the residue grids are mostly padding, measured slower; the
         # compiled gather kernel runs the dilated conv directly, faster than both
         return None
     B, C, D, H, W = x.shape
-    fmt = _memory_format(x)
+    fmt = memory_format(x)
     xp = F.pad(x, (0, (-W) % d, 0, (-H) % d, 0, (-D) % d))
     Dd, Hd, Wd = (xp.shape[2] // d, xp.shape[3] // d, xp.shape[4] // d)
     xb = (xp.reshape(B, C, Dd, d, Hd, d, Wd, d).permute(0, 3, 5, 7, 1, 2, 4, 6)
@@ -232,7 +231,7 @@ def _undilated(x, w, stride, padding, dilation):
     y = (yb.reshape(B, d, d, d, C, Dd, Hd, Wd).permute(0, 4, 5, 1, 6, 2, 7, 3)
          .reshape(B, C, Dd * d, Hd * d, Wd * d)[:, :, :D, :H, :W])
     # the layout torch's conv picks for this dtype/backend (oneDNN: channels_last in, out)
-    return y.contiguous(memory_format=_memory_format(yb))
+    return y.contiguous(memory_format=memory_format(yb))
 
 
 def _fast(x, w, stride, padding, dilation):

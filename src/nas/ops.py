@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from src.models.cosmoflow import MaxPool3dKeepDtype
 from src.nas import cpu_kernels
-from src.nas.depthwise import has_hooks, run_avg_pool, run_depthwise
+from src.nas.depthwise import has_hooks, memory_format, run_avg_pool, run_depthwise
 
 # Order matters: it is the column order of the alphas and is written into every genotype file.
 PRIMITIVES: tuple[str, ...] = (
@@ -117,7 +117,7 @@ class _EvenOddVoxels(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        ctx.shape, ctx.fmt = x.shape, _layout(x)
+        ctx.shape, ctx.fmt = x.shape, memory_format(x)
         return (x[:, :, ::2, ::2, ::2].contiguous(memory_format=ctx.fmt),
                 x[:, :, 1::2, 1::2, 1::2].contiguous(memory_format=ctx.fmt))
 
@@ -134,12 +134,6 @@ class _EvenOddVoxels(torch.autograd.Function):
         if g_odd is not None:
             gx[:, :, 1::2, 1::2, 1::2] = g_odd
         return gx
-
-
-def _layout(x):
-    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 class FactorizedReduce(nn.Module):
@@ -184,7 +178,7 @@ class Pool(nn.Module):
         # torch's CPU 3D pools return the contiguous layout for channels_last_3d input; a pool
         # output summed with a conv output would then turn the node sum, the cell's concat and
         # the next 1x1 conv's input contiguous too (one layout copy here instead of several)
-        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        if memory_format(x) == torch.channels_last_3d:
             return y.contiguous(memory_format=torch.channels_last_3d)
         return y
 
