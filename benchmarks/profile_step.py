@@ -1,7 +1,9 @@
 """Profile one training step (forward, MSE, backward, Adam) of a model: the top operators.
 
     python benchmarks/profile_step.py --model medium --size 32 --batch 2
+    python benchmarks/profile_step.py --model medium --bf16          # under bf16 autocast
     SAIH_FAST_DEPTHWISE=0 python benchmarks/profile_step.py ...   # torch's depthwise backward
+    SAIH_CPU_KERNEL=0 python benchmarks/profile_step.py ...       # without the compiled kernels
 
 channels_last_3d as in the CPU defaults; one warm-up step, then one profiled step.
 """
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rows", type=int, default=12)
+    parser.add_argument("--bf16", action="store_true", help="forward under CPU bf16 autocast")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -39,13 +42,16 @@ def main() -> None:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.mse_loss(net(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            out = net(x)
+        torch.nn.functional.mse_loss(out.float(), y).backward()
         opt.step()
 
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    print(f"model={args.model} {args.size}^3 batch {args.batch}, torch {torch.__version__}, "
+    print(f"model={args.model} {args.size}^3 batch {args.batch}, "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 

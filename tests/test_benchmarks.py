@@ -35,3 +35,14 @@ def test_depthwise_grads_times_every_variant():
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("8:4:1")]
     assert [r[1] for r in rows] == ["3", "5"]
     assert all(len(r) == 17 and all(float(v) > 0 for v in r[2:]) for r in rows)  # no nan
+
+
+def test_op_breakdown_covers_every_mac():
+    out = run_script("benchmarks/op_breakdown.py", "--size", "16", "--batch", "2",
+                     "--repeats", "1")
+    rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
+    classes = {" ".join(r[:-5]): r[-5:] for r in rows}
+    assert {"pointwise", "BN + LeakyReLU", "stem/dense"} <= set(classes)
+    assert abs(sum(float(v[1]) for v in classes.values()) - 100) < 0.5  # MAC shares
+    assert abs(sum(float(v[2]) for v in classes.values()) - 100) < 0.5  # time shares
+    assert all(float(v[3]) > 0 for v in classes.values())
