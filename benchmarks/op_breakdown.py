@@ -13,7 +13,6 @@ The summed time leaves out what runs between ops (additions, concatenations, the
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,11 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.profile_step import build_net, step_args  # noqa: E402
 from src.nas.depthwise import run_depthwise  # noqa: E402
 from src.nas.ops import bn_act  # noqa: E402
 
@@ -58,18 +56,8 @@ def median_s(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="medium")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--bf16", action="store_true", help="under CPU bf16 autocast")
-    args = parser.parse_args()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={args.model}"])
-    net = instantiate(cfg.model.net, in_channels=1, input_size=args.size,
-                      n_params=3).to(memory_format=CL)
+    args = step_args(__doc__, [("--repeats", {"type": int, "default": 3})])
+    net = build_net(args.model, args.size)
 
     # the input shape of every conv and BN call, from one no-grad forward with hooks
     calls = []

@@ -22,20 +22,33 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def step_args(doc: str, extra=()) -> argparse.Namespace:
+    """--model, --size, --batch, --bf16 (shared with op_breakdown.py), then `extra`
+    (name, kwargs) options."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="medium")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=12)
     parser.add_argument("--bf16", action="store_true", help="forward under CPU bf16 autocast")
-    args = parser.parse_args()
+    for name, kwargs in extra:
+        parser.add_argument(name, **kwargs)
+    return parser.parse_args()
+
+
+def build_net(model: str, size: int) -> torch.nn.Module:
+    """The configured network of `model` for 1-channel size^3 cubes, channels_last_3d."""
     sys.path.insert(0, str(ROOT))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={args.model}"])
+        cfg = compose(config_name="train", overrides=[f"model={model}"])
+    return instantiate(cfg.model.net, in_channels=1, input_size=size,
+                       n_params=3).to(memory_format=torch.channels_last_3d)
+
+
+def main() -> None:
+    args = step_args(__doc__, [("--rows", {"type": int, "default": 12})])
     cl = torch.channels_last_3d
-    net = instantiate(cfg.model.net, in_channels=1, input_size=args.size, n_params=3).to(memory_format=cl)
+    net = build_net(args.model, args.size)
     x = torch.randn(args.batch, 1, args.size, args.size, args.size).contiguous(memory_format=cl)
     y = torch.rand(args.batch, 3) * 2 - 1
     opt = torch.optim.Adam(net.parameters())
