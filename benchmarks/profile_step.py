@@ -4,8 +4,10 @@
     python benchmarks/profile_step.py --model medium --bf16          # under bf16 autocast
     SAIH_FAST_DEPTHWISE=0 python benchmarks/profile_step.py ...   # torch's depthwise backward
     SAIH_CPU_KERNEL=0 python benchmarks/profile_step.py ...       # without the compiled kernels
+    python benchmarks/profile_step.py --no-fused-adam             # torch's per-tensor Adam loop
 
-channels_last_3d as in the CPU defaults; one warm-up step, then one profiled step.
+channels_last_3d and fused Adam as in the CPU defaults (conf/speed/cpu.yaml, conf/optim/adam.yaml);
+one warm-up step, then one profiled step; the Adam step's total time is printed after the table.
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ def build_net(model: str, size: int) -> torch.nn.Module:
 
 
 def main() -> None:
-    args = step_args(__doc__, [("--rows", {"type": int, "default": 12})])
+    args = step_args(__doc__, [("--rows", {"type": int, "default": 12}),
+                               ("--fused-adam", {"action": argparse.BooleanOptionalAction,
+                                                 "default": True})])
     cl = torch.channels_last_3d
     net = build_net(args.model, args.size)
     x = torch.randn(args.batch, 1, args.size, args.size, args.size).contiguous(memory_format=cl)
     y = torch.rand(args.batch, 3) * 2 - 1
-    opt = torch.optim.Adam(net.parameters())
+    opt = torch.optim.Adam(net.parameters(), fused=args.fused_adam)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -66,7 +70,11 @@ def main() -> None:
     print(f"model={args.model} {args.size}^3 batch {args.batch}, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    adam_us = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step#"))
+    print(f"optimizer step ({'fused' if args.fused_adam else 'per-tensor'} Adam): "
+          f"{adam_us / 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,32 @@ def test_pool_before_activation_is_the_same_function_and_bf16_pools_in_bf16():
         y = conv(x)
         assert y.dtype == torch.bfloat16 and pool(y).dtype == torch.bfloat16
         assert torch.equal(pool(y), torch.nn.functional.max_pool3d(y.float(), 2).bfloat16())
+
+
+def test_configured_adam_is_fused_and_steps_like_the_per_tensor_adam():
+    """conf/optim/adam.yaml asks for torch's fused Adam (one kernel for all tensors); it makes
+    the same update as the per-tensor loop."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_cfg
+
+    optim = OmegaConf.to_container(compose_cfg("train", []).optim, resolve=True)
+    assert optim["fused"] is True
+    weights = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        module = CosmoRegressor(CosmoFlowNet(1, 16, 3), ["a", "b", "c"], {k: (0, 1) for k in "abc"},
+                                **{**optim, "fused": fused})
+        module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+        opt = module.configure_optimizers()["optimizer"]
+        assert opt.defaults["fused"] is fused
+        start = torch.cat([p.detach().flatten() for p in module.net.parameters()])
+        for _ in range(3):
+            opt.zero_grad()
+            module.net(torch.randn(2, 1, 16, 16, 16)).square().sum().backward()
+            opt.step()
+        weights.append(torch.cat([p.detach().flatten() for p in module.net.parameters()]))
+    assert (weights[0] - start).abs().max() > 1e-4  # the steps moved the weights
+    torch.testing.assert_close(weights[1], weights[0], rtol=1e-5, atol=1e-6)

@@ -27,6 +27,7 @@ class CosmoRegressor(L.LightningModule):
         betas=(0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        fused: bool | None = None,
         lars: dict | None = None,
         warmup_steps: int = 0,
         decay: str = "cosine",
@@ -93,7 +94,8 @@ class CosmoRegressor(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.Adam(
-            self.net.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay
+            self.net.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay,
+            fused=hp.fused,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
