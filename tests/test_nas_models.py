@@ -12,6 +12,7 @@ import torch
 from src.models.darts_net import DartsNet
 from src.nas.genotype import REPO_ROOT, load_genotype_file, reference_genotype, save_genotype
 from src.nas.model_filter import count_cost
+from src.perf.flops import flops_per_sample
 from tests.conftest import compose_cfg
 
 # tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU
@@ -92,3 +93,40 @@ def test_docs_table_matches_counted_costs():
         assert counted["flops_per_sample_train"] / 1e9 == pytest.approx(train_g, abs=6e-4)
 
 
+
+
+def _medium_like(C: int = 4):
+    """The medium genotype at a tiny width: its normal cells pool state 0 three times alike."""
+    return DartsNet(1, 16, 3, "genotypes/medium.yaml", C=C, n_cells=5, reductions=[0, 2])
+
+
+def _no_reuse(net: DartsNet) -> DartsNet:
+    for cell in net.cells:
+        cell.reuse = list(range(len(cell.ops)))
+    return net
+
+
+def test_cells_reuse_repeated_parameter_free_ops():
+    net = _medium_like()
+    kinds = {cell.reduction: cell.reuse for cell in net.cells}
+    # normal: edges 4 and 6 are avg_pool_3 of state 0 like edge 0; max_pool_3 differs
+    assert kinds[False] == [0, 1, 2, 3, 0, 5, 0, 7]
+    assert kinds[True] == list(range(8))  # every reduce edge has weights
+
+
+def test_reused_ops_give_the_same_outputs_gradients_and_counts():
+    x = torch.randn(2, 1, 16, 16, 16)
+    results = []
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        net = _medium_like() if reuse else _no_reuse(_medium_like())
+        y = net(x)
+        y.square().sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in net.parameters()],
+                        flops_per_sample(net, (1, 16, 16, 16))))
+    (y0, g0, c0), (y1, g1, c1) = results
+    torch.testing.assert_close(y0, y1)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b)
+    # thop's hooks see every edge called, as without reuse
+    assert c0 == c1

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from src.models.cosmoflow import DenseHead
+from src.nas.depthwise import has_hooks
 from src.nas.genotype import Genotype, load_genotype_file
 from src.nas.ops import ConvBNAct, FactorizedReduce, cell_stack, make_op
 from src.nas.supernet import default_reductions
@@ -32,15 +33,28 @@ class Cell(nn.Module):
         self.out_channels = len(self.concat) * C
         self.steps = len(edges) // 2
         self.inputs = [j for _, j in edges]
-        self.ops = nn.ModuleList(
-            make_op(op, C, 2 if reduction and j < 2 else 1) for op, j in edges
-        )
+        strides = [2 if reduction and j < 2 else 1 for _, j in edges]
+        self.ops = nn.ModuleList(make_op(op, C, s) for (op, _), s in zip(edges, strides, strict=True))
+        # An edge repeating an earlier parameter-free op (pool, identity, zero) on the same input
+        # reuses its output: the medium genotype pools state 0 three times the same way.
+        first: dict = {}
+        self.reuse = [
+            first.setdefault((op, j, s), e) if not any(True for _ in self.ops[e].parameters()) else e
+            for e, ((op, j), s) in enumerate(zip(edges, strides, strict=True))
+        ]
+
+    def _edge(self, e: int, states, outs):
+        r = self.reuse[e]
+        if r != e and not any(has_hooks(m) for m in self.ops[e].modules()):
+            return outs[r]  # same function of the same tensor; hooked ops (thop) are called
+        return self.ops[e](states[self.inputs[e]])
 
     def forward(self, s0, s1):
         states = [self.pre0(s0), self.pre1(s1)]
+        outs: list[torch.Tensor] = []
         for i in range(self.steps):
-            a, b = 2 * i, 2 * i + 1
-            states.append(self.ops[a](states[self.inputs[a]]) + self.ops[b](states[self.inputs[b]]))
+            outs += [self._edge(2 * i, states, outs), self._edge(2 * i + 1, states, outs)]
+            states.append(outs[-2] + outs[-1])
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
