@@ -48,8 +48,9 @@ def test_kernel_builds_here():
     (5, 2, 1, 2), (3, 2, 2, 2), (5, 2, 2, 4),                 # their strided versions
     (3, 1, 1, 0), (3, 2, 1, (0, 1, 2)), (2, 3, 1, 1),         # other paddings, even k, stride 3
 ])
-# 27 channels: one 16-lane block, one 8-lane block and 3 single lanes
-@pytest.mark.parametrize("C,size", [(27, (7, 6, 9)), (16, (4, 4, 4))])
+# 27 channels: one 16-lane block, one 8-lane block and 3 single lanes; rows of 29: the gather's
+# register-blocked interior (8 outputs at a time) and its edges
+@pytest.mark.parametrize("C,size", [(27, (7, 6, 9)), (16, (4, 4, 4)), (27, (3, 4, 29))])
 def test_each_kernel_matches_float64(dtype, k, stride, dilation, padding, C, size):
     torch.manual_seed(0)
     padding = padding if isinstance(padding, tuple) else (padding,) * 3
@@ -92,8 +93,9 @@ def test_float32_training_path_with_and_without_the_kernel(compiled, stride, dil
 
 
 @needs_compiler
-def test_training_path_calls_the_kernel(monkeypatch):
-    """With the kernel on, the weight gradient and a dilated conv go through it."""
+@pytest.mark.parametrize("stride", [1, 2])
+def test_training_path_calls_the_kernel(monkeypatch, stride):
+    """With the kernel on, the weight gradient and a dilated conv (strided too) go through it."""
     calls = []
     module = cpu_kernels.load()
 
@@ -105,7 +107,7 @@ def test_training_path_calls_the_kernel(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "load", lambda: Spy())
     x = torch.randn(1, 4, 8, 8, 8).contiguous(memory_format=CL).requires_grad_(True)
     w = torch.randn(4, 1, 3, 3, 3, requires_grad=True)
-    depthwise_conv3d(x, w, 1, 2, 2).sum().backward()
+    depthwise_conv3d(x, w, stride, 2, 2).sum().backward()
     assert calls.count("gather") == 2 and calls.count("grad_weight") == 1, calls
 
 

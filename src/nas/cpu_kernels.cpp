@@ -12,6 +12,11 @@
 // accumulators stay in registers along a row, and each thread sums into its own buffer
 // (reduced at the end), so every multiply-add costs one load. bf16 inputs are widened to
 // fp32; sums are fp32.
+//
+// Gather-form correlation (dilated forwards, strided/dilated input gradients): the w axis is
+// split by residue class so consecutive outputs read consecutive inputs, and each weight
+// vector loaded serves 8 outputs held in registers (register blocking; timings in
+// docs/benchmarks.md, from benchmarks/depthwise_grads.py).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -148,25 +153,107 @@ std::vector<std::vector<std::pair<int64_t, int64_t>>> axis_taps(int64_t n_out, i
   return taps;
 }
 
-// One output row, BW channels: out[w] = sum over the row's (input row, weight row) pairs and
-// the w axis taps of weight * input.
+int64_t floor_div(int64_t a, int64_t b) {  // b > 0
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// The outputs of one residue class r along the w axis: o = r + D * j for j in [0, n). Their
+// valid taps are the same for the whole class, each (t, q) reading input j * A + q; for j in
+// [lo, hi) every one of them lands inside the row. Splitting by residue makes the inputs of
+// consecutive j consecutive (stride A), also for strided input gradients (D > 1).
+struct WClass {
+  int64_t r, n, lo, hi;
+  std::vector<std::pair<int64_t, int64_t>> taps;
+};
+
+std::vector<WClass> w_classes(int64_t n_out, int64_t n_in, int64_t k, int64_t A, int64_t B,
+                              int64_t off, int64_t D) {
+  std::vector<WClass> classes;
+  for (int64_t r = 0; r < std::min(D, n_out); ++r) {
+    WClass cls{r, (n_out - r + D - 1) / D, 0, 0, {}};
+    cls.hi = cls.n;
+    for (int64_t t = 0; t < k; ++t) {
+      const int64_t z = r * A + t * B + off;
+      if (((z % D) + D) % D != 0) continue;
+      const int64_t q = z / D;  // exact
+      cls.taps.emplace_back(t, q);
+      cls.lo = std::max(cls.lo, floor_div(-q + A - 1, A));
+      cls.hi = std::min(cls.hi, floor_div(n_in - 1 - q, A) + 1);
+    }
+    cls.hi = std::max(cls.hi, cls.lo);
+    classes.push_back(std::move(cls));
+  }
+  return classes;
+}
+
+using Rows = std::vector<std::pair<const void*, const float*>>;  // (input row, weight row)
+
+// BW lanes of fp32 as one GCC vector (one AVX-512 register at 16), loaded from fp32 or bf16.
+template <int BW>
+struct Lanes {
+  typedef float f32 __attribute__((vector_size(4 * BW)));
+  typedef uint16_t u16 __attribute__((vector_size(2 * BW)));
+  typedef uint32_t u32 __attribute__((vector_size(4 * BW)));
+};
+template <int BW>
+using fvec = typename Lanes<BW>::f32;
+
+template <int BW>
+inline fvec<BW> load(const float* p) {
+  fvec<BW> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <int BW>
+inline fvec<BW> load(const uint16_t* p) {  // bf16 bits -> fp32
+  typename Lanes<BW>::u16 h;
+  std::memcpy(&h, p, sizeof h);
+  const typename Lanes<BW>::u32 bits =
+      __builtin_convertvector(h, typename Lanes<BW>::u32) << 16;
+  fvec<BW> v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// The outputs of one w class in one output row, BW channels from c0. Interior outputs go WB at
+// a time: each weight vector loaded once serves WB inputs (register-blocked); the others check
+// every tap against the row's ends.
 template <typename T, int BW>
-void gather_row(const std::vector<std::pair<const T*, const float*>>& rows,
-                const std::vector<std::vector<std::pair<int64_t, int64_t>>>& wtaps,
-                float* out, int64_t wo, int64_t c, int64_t c0) {
-  for (int64_t w = 0; w < wo; ++w) {
-    float acc[BW] = {};
+void gather_class(const Rows& rows, const WClass& k, float* orow, int64_t A, int64_t D,
+                  int64_t n_in, int64_t c, int64_t c0) {
+  constexpr int WB = 8;
+  auto single = [&](int64_t j) {
+    fvec<BW> acc = {};
     for (const auto& rw : rows) {
-      for (const auto& ti : wtaps[w]) {
-        const T* xi = rw.first + ti.second * c + c0;
-        const float* wi = rw.second + ti.first * c + c0;
-#pragma GCC unroll 16
-        for (int i = 0; i < BW; ++i) acc[i] += wi[i] * widen(xi[i]);
+      const T* x = static_cast<const T*>(rw.first);
+      for (const auto& tq : k.taps) {
+        const int64_t xi = j * A + tq.second;
+        if (xi < 0 || xi >= n_in) continue;
+        acc += load<BW>(rw.second + tq.first * c + c0) * load<BW>(x + xi * c + c0);
       }
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < BW; ++i) out[w * c + c0 + i] = acc[i];
+    std::memcpy(orow + (k.r + D * j) * c + c0, &acc, sizeof acc);
+  };
+  int64_t j = 0;
+  for (; j < std::min(k.lo, k.n); ++j) single(j);
+  const int64_t step = A * c;
+  for (; j + WB <= k.hi; j += WB) {
+    fvec<BW> acc[WB] = {};
+    for (const auto& rw : rows) {
+      const T* x = static_cast<const T*>(rw.first) + j * step + c0;
+      for (const auto& tq : k.taps) {
+        const fvec<BW> wv = load<BW>(rw.second + tq.first * c + c0);
+        const T* xp = x + tq.second * c;
+#pragma GCC unroll 8
+        for (int jj = 0; jj < WB; ++jj) acc[jj] += wv * load<BW>(xp + jj * step);
+      }
+    }
+#pragma GCC unroll 8
+    for (int jj = 0; jj < WB; ++jj)
+      std::memcpy(orow + (k.r + D * (j + jj)) * c + c0, &acc[jj], sizeof acc[jj]);
   }
+  for (; j < k.n; ++j) single(j);
 }
 
 template <typename T>
@@ -174,9 +261,9 @@ void gather_all(const T* x, const float* wt, float* out, int64_t N, int64_t Di, 
                 int64_t Wi, int64_t C, int64_t Do, int64_t Ho, int64_t Wo, int64_t k1,
                 int64_t k2, const std::vector<std::vector<std::pair<int64_t, int64_t>>>& t0,
                 const std::vector<std::vector<std::pair<int64_t, int64_t>>>& t1,
-                const std::vector<std::vector<std::pair<int64_t, int64_t>>>& t2) {
+                const std::vector<WClass>& classes, int64_t A2, int64_t D2) {
   at::parallel_for(0, N * Do, 1, [&](int64_t begin, int64_t end) {
-    std::vector<std::pair<const T*, const float*>> rows;
+    Rows rows;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / Do, d = item % Do;
       for (int64_t h = 0; h < Ho; ++h) {
@@ -186,9 +273,10 @@ void gather_all(const T* x, const float* wt, float* out, int64_t N, int64_t Di, 
             rows.emplace_back(x + ((n * Di + ad.second) * Hi + bh.second) * Wi * C,
                               wt + (ad.first * k1 + bh.first) * k2 * C);
         float* orow = out + ((n * Do + d) * Ho + h) * Wo * C;
-        for_channel_blocks(C, [&](auto bw, int64_t c0) {
-          gather_row<T, decltype(bw)::value>(rows, t2, orow, Wo, C, c0);
-        });
+        for (const auto& cls : classes)
+          for_channel_blocks(C, [&](auto bw, int64_t c0) {
+            gather_class<T, decltype(bw)::value>(rows, cls, orow, A2, D2, Wi, C, c0);
+          });
       }
     }
   });
@@ -244,24 +332,24 @@ torch::Tensor gather(torch::Tensor x, torch::Tensor w, std::vector<int64_t> out_
               D.size() == 3);
   const int64_t N = x.size(0), C = x.size(4);
   TORCH_CHECK(w.size(3) == C, "x and w channels disagree");
-  std::vector<std::vector<std::vector<std::pair<int64_t, int64_t>>>> taps;
-  for (int i = 0; i < 3; ++i) {
-    TORCH_CHECK(D[i] >= 1, "D must be positive");
-    taps.push_back(axis_taps(out_size[i], x.size(1 + i), w.size(i), A[i], B[i], off[i], D[i]));
-  }
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> t0, t1;
+  for (int i = 0; i < 3; ++i) TORCH_CHECK(D[i] >= 1 && (i < 2 || A[i] >= 1), "bad A or D");
+  t0 = axis_taps(out_size[0], x.size(1), w.size(0), A[0], B[0], off[0], D[0]);
+  t1 = axis_taps(out_size[1], x.size(2), w.size(1), A[1], B[1], off[1], D[1]);
+  const auto classes = w_classes(out_size[2], x.size(3), w.size(2), A[2], B[2], off[2], D[2]);
   auto out = torch::empty({N, out_size[0], out_size[1], out_size[2], C},
                           x.options().dtype(torch::kFloat));
   const float* wt = w.data_ptr<float>();
   float* o = out.data_ptr<float>();
   if (x.scalar_type() == torch::kFloat) {
     gather_all<float>(x.data_ptr<float>(), wt, o, N, x.size(1), x.size(2), x.size(3), C,
-                      out_size[0], out_size[1], out_size[2], w.size(1), w.size(2), taps[0],
-                      taps[1], taps[2]);
+                      out_size[0], out_size[1], out_size[2], w.size(1), w.size(2), t0, t1,
+                      classes, A[2], D[2]);
   } else {
     TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "expected float32 or bfloat16");
     gather_all<uint16_t>(reinterpret_cast<const uint16_t*>(x.data_ptr()), wt, o, N, x.size(1),
                          x.size(2), x.size(3), C, out_size[0], out_size[1], out_size[2],
-                         w.size(1), w.size(2), taps[0], taps[1], taps[2]);
+                         w.size(1), w.size(2), t0, t1, classes, A[2], D[2]);
   }
   return out;
 }

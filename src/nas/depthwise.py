@@ -4,8 +4,9 @@ torch 2.13's CPU kernels compute both gradients of a depthwise (groups == channe
 dilated convs in both directions, many times slower than the undilated forward, worst on the
 small cubes deep in the network. Here, for CPU tensors that need a gradient:
 - the compiled kernels of `cpu_kernels` (built on first use; fp32/bf16) compute every weight
-  gradient, the forward of stride-1 dilated convs and the input gradient of strided or dilated
-  ones; the undilated forward and the stride-1 input gradient stay with torch (oneDNN), as the
+  gradient, the forward of dilated convs (strided ones too: cheaper than running the
+  stride == dilation case as an undilated conv on a subsampled copy) and the input gradient of
+  strided or dilated ones; the undilated forward and the stride-1 input gradient stay with torch (oneDNN), as the
   correlation of the output gradient with the flipped kernel (`_grad_input`);
 - without the compiled kernels (no compiler, `SAIH_CPU_KERNEL=0`, float64): the weight gradient
   at stride 1 with 5^3 kernels or in bf16 is one forward conv with the batch folded into the
@@ -163,7 +164,7 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
         ctx.conf = (stride, padding, dilation, groups)
         ctx.save_for_backward(x, w)
         y = None
-        if any(d != 1 for d in dilation) and all(s == 1 for s in stride):
+        if any(d != 1 for d in dilation):
             y = cpu_kernels.conv(x, w, stride, padding, dilation)
         return F.conv3d(x, w, None, stride, padding, dilation, groups) if y is None else y
 
@@ -213,7 +214,7 @@ def _undilated(x, w, stride, padding, dilation):
             or any(p != d * (kk // 2) for p, kk in zip(padding, k, strict=True))):
         return None
     pad = tuple(kk // 2 for kk in k)
-    if all(s == d for s in stride):
+    if all(s == d for s in stride) and not cpu_kernels.applies(x, w):
         xs = x[:, :, ::d, ::d, ::d]
         return _fast(xs.contiguous(memory_format=memory_format(x)), w, (1, 1, 1), pad, (1, 1, 1))
     if (any(s != 1 for s in stride) or min(x.shape[2:]) < 4 * d
