@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.models.cosmoflow import ModelConfigError
 from src.models.regressor import CosmoRegressor
+from src.perf.host_malloc import MallocConfigError, keep_freed_memory
 from src.perf.peak import native_bf16
 from src.sim.store import DataError
 from src.sysinfo import system_info
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 # bad input (data, model config): one line naming the culprit is enough, no traceback
-BAD_INPUT_ERRORS = (DataError, ModelConfigError)
+BAD_INPUT_ERRORS = (DataError, ModelConfigError, MallocConfigError)
 ERROR_FILE = "error.txt"
 
 
@@ -90,6 +91,8 @@ def apply_speed_settings(speed) -> None:
         return
     torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark", False))
     torch.set_float32_matmul_precision(str(speed.get("float32_matmul_precision", "highest")))
+    if speed.get("malloc_keep_mib") is not None:
+        keep_freed_memory(speed.get("malloc_keep_mib"))
 
 
 def build_loggers(cfg: DictConfig) -> list:

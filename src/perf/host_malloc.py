@@ -1,0 +1,55 @@
+"""Keep freed host memory for reuse instead of handing it back to the OS (glibc only).
+
+glibc's malloc serves every block above 32 MiB with its own mmap and unmaps it on free, and
+trims freed memory at the top of its heap: the next activation of that size is page-faulted
+in again (benchmarks/host_malloc_bench.py on the development VM: a fresh 44 MiB tensor costs
+12-13 ms to allocate and fill, a kept one 2 ms). A training step frees and reallocates the
+same large activations every time, so at 32^3 and above a CPU step spends much of its time in
+page faults (the medium net's fp32 step: x0.75 at 64^3, x0.87-0.93 at 32^3 with this set;
+docs/benchmarks.md). Raising
+M_MMAP_THRESHOLD to `max_block_mib` serves blocks up to that size from the heap, and raising
+M_TRIM_THRESHOLD to 2 GiB keeps freed heap memory for reuse, as a caching allocator would: the
+process holds its peak working set until it exits. The heap settles within a few steps (torch's
+64-byte-aligned requests do not always fit the block the same request freed until free blocks
+have coalesced); the peak resident memory is measured by benchmarks/host_malloc_bench.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+# mallopt() parameters, from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# mallopt takes an int: the largest threshold it can express, in MiB
+MAX_BLOCK_MIB = (2**31 - 1) >> 20
+
+
+class MallocConfigError(ValueError):
+    """A bad `speed.malloc_keep_mib`."""
+
+
+def keep_freed_memory(max_block_mib: int) -> bool:
+    """Have glibc keep freed blocks up to `max_block_mib` MiB for reuse. Returns whether it
+    took effect (False where the C library is not glibc, e.g. macOS or musl)."""
+    if isinstance(max_block_mib, bool) or not isinstance(max_block_mib, int) \
+            or not 1 <= max_block_mib <= MAX_BLOCK_MIB:
+        raise MallocConfigError(f"speed.malloc_keep_mib: expected an integer in [1, {MAX_BLOCK_MIB}] "
+                         f"MiB (or null for the C library's default), got {max_block_mib!r}")
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        # glibc's own version query: absent from other C libraries that may export mallopt
+        libc.gnu_get_libc_version  # noqa: B018
+    except (OSError, AttributeError):
+        log.info("not glibc: freed host memory handling left to the C library")
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # trimming looks at all the free memory on top of the heap, not one block: only beyond
+    # the most mallopt can express (2 GiB) is it given back
+    return bool(mallopt(_M_MMAP_THRESHOLD, max_block_mib << 20)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
