@@ -9,6 +9,7 @@ BN paths), and the times are summed per class: pointwise (1x1) convs, depthwise 
 kernel / dilation / stride, the stem, BN + LeakyReLU. Printed per class: calls, share of the
 multiply-adds, share of the summed time, and GFLOP/s (6 x MACs / time, Eq. 1's convention).
 The summed time leaves out what runs between ops (additions, concatenations, the optimizer).
+The process runs with the CPU defaults' settings (conf/speed/cpu.yaml), as training does.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.profile_step import build_net, step_args  # noqa: E402
+from benchmarks.profile_step import apply_cpu_speed_settings, build_net, step_args  # noqa: E402
 from src.nas.depthwise import run_depthwise  # noqa: E402
 from src.nas.ops import bn_act  # noqa: E402
 
@@ -57,6 +58,7 @@ def median_s(fn, repeats: int) -> float:
 
 def main() -> None:
     args = step_args(__doc__, [("--repeats", {"type": int, "default": 3})])
+    apply_cpu_speed_settings()
     net = build_net(args.model, args.size)
 
     # the input shape of every conv and BN call, from one no-grad forward with hooks

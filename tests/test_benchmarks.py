@@ -46,3 +46,17 @@ def test_op_breakdown_covers_every_mac():
     assert abs(sum(float(v[1]) for v in classes.values()) - 100) < 0.5  # MAC shares
     assert abs(sum(float(v[2]) for v in classes.values()) - 100) < 0.5  # time shares
     assert all(float(v[3]) > 0 for v in classes.values())
+
+
+def test_profile_step_reports_the_optimizer_step():
+    out = run_script("benchmarks/profile_step.py", "--model", "small", "--size", "16",
+                     "--no-fused-adam")
+    assert "aten::" in out and "optimizer step (per-tensor Adam): " in out
+
+
+def test_host_malloc_bench_times_both_allocators():
+    out = run_script("benchmarks/host_malloc_bench.py", "--model", "small", "--size", "16",
+                     "--steps", "1", "--repeats", "1")
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
+    assert "step" in lines["glibc_default"] and "peak RSS" in lines["kept"]
+    assert float(lines["step time kept / default"].split()[-1]) > 0
