@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.profile_step import build_net  # noqa: E402
+from benchmarks.profile_step import make_train_step, step_args  # noqa: E402
 from src.perf.host_malloc import keep_freed_memory  # noqa: E402
 
 FILL_MIB = 44  # the medium net's 32^3 stem output at batch 2 (168 channels, fp32)
@@ -37,19 +37,8 @@ FILL_MIB = 44  # the medium net's 32^3 stem output at batch 2 (168 channels, fp3
 def child(args) -> dict:
     if args.keep_mib:
         assert keep_freed_memory(args.keep_mib), "glibc's mallopt refused the setting"
-    cl = torch.channels_last_3d
     torch.manual_seed(0)
-    net = build_net(args.model, args.size)
-    x = torch.randn(args.batch, 1, args.size, args.size, args.size).contiguous(memory_format=cl)
-    y = torch.rand(args.batch, 3) * 2 - 1
-    opt = torch.optim.Adam(net.parameters(), fused=True)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            out = net(x)
-        torch.nn.functional.mse_loss(out.float(), y).backward()
-        opt.step()
+    step = make_train_step(args.model, args.size, args.batch, args.bf16)
 
     def fill():
         torch.empty(FILL_MIB << 18).fill_(1.0)  # 4-byte floats
@@ -69,18 +58,13 @@ def child(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="medium")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--bf16", action="store_true", help="forward under CPU bf16 autocast")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
-    parser.add_argument("--repeats", type=int, default=3, help="processes per variant")
-    parser.add_argument("--keep-mib", type=int, default=1024,
-                        help="the kept variant's speed.malloc_keep_mib (conf/speed/cpu.yaml)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = step_args(__doc__, [
+        ("--steps", {"type": int, "default": 5, "help": "timed steps per process"}),
+        ("--repeats", {"type": int, "default": 3, "help": "processes per variant"}),
+        ("--keep-mib", {"type": int, "default": 1024,
+                        "help": "the kept variant's speed.malloc_keep_mib (conf/speed/cpu.yaml)"}),
+        ("--child", {"action": "store_true", "help": argparse.SUPPRESS}),
+    ])
     if args.child:
         print(json.dumps(child(args)))
         return

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_args(doc: str, extra=()) -> argparse.Namespace:
-    """--model, --size, --batch, --bf16 (shared with op_breakdown.py), then `extra`
-    (name, kwargs) options."""
+    """--model, --size, --batch, --bf16 (shared with op_breakdown.py and host_malloc_bench.py),
+    then `extra` (name, kwargs) options."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="medium")
@@ -57,24 +57,31 @@ def build_net(model: str, size: int) -> torch.nn.Module:
                        n_params=3).to(memory_format=torch.channels_last_3d)
 
 
+def make_train_step(model: str, size: int, batch: int, bf16: bool, fused_adam: bool = True):
+    """One training step (forward, MSE, backward, Adam) of the configured `model` on a fixed
+    random batch, channels_last_3d; returns it as a function of no arguments."""
+    cl = torch.channels_last_3d
+    net = build_net(model, size)
+    x = torch.randn(batch, 1, size, size, size).contiguous(memory_format=cl)
+    y = torch.rand(batch, 3) * 2 - 1
+    opt = torch.optim.Adam(net.parameters(), fused=fused_adam)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        torch.nn.functional.mse_loss(out.float(), y).backward()
+        opt.step()
+
+    return step
+
+
 def main() -> None:
     args = step_args(__doc__, [("--rows", {"type": int, "default": 12}),
                                ("--fused-adam", {"action": argparse.BooleanOptionalAction,
                                                  "default": True})])
     apply_cpu_speed_settings()
-    cl = torch.channels_last_3d
-    net = build_net(args.model, args.size)
-    x = torch.randn(args.batch, 1, args.size, args.size, args.size).contiguous(memory_format=cl)
-    y = torch.rand(args.batch, 3) * 2 - 1
-    opt = torch.optim.Adam(net.parameters(), fused=args.fused_adam)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            out = net(x)
-        torch.nn.functional.mse_loss(out.float(), y).backward()
-        opt.step()
-
+    step = make_train_step(args.model, args.size, args.batch, args.bf16, args.fused_adam)
     for _ in range(3):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
