@@ -52,6 +52,19 @@ def test_kernel_builds_here():
 # register-blocked interior (8 outputs at a time) and its edges
 @pytest.mark.parametrize("C,size", [(27, (7, 6, 9)), (16, (4, 4, 4)), (27, (3, 4, 29))])
 def test_each_kernel_matches_float64(dtype, k, stride, dilation, padding, C, size):
+    _check_kernels(dtype, k, stride, dilation, padding, C, size)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 9), (5, 2, 9), (7, 1, 3), (5, 1, 5)])
+@pytest.mark.parametrize("size", [(6, 6, 1), (4, 4, 4)])
+def test_dilation_past_short_rows_matches_float64(dtype, k, stride, dilation, size):
+    """Rows too short for all the dilated taps of any output: the gather has no interior."""
+    _check_kernels(dtype, k, stride, dilation, dilation * (k // 2), 16, size)
+
+
+def _check_kernels(dtype, k, stride, dilation, padding, C, size):
     torch.manual_seed(0)
     padding = padding if isinstance(padding, tuple) else (padding,) * 3
     s3, d3 = (stride,) * 3, (dilation,) * 3

@@ -180,6 +180,8 @@ std::vector<WClass> w_classes(int64_t n_out, int64_t n_in, int64_t k, int64_t A,
       cls.lo = std::max(cls.lo, floor_div(-q + A - 1, A));
       cls.hi = std::min(cls.hi, floor_div(n_in - 1 - q, A) + 1);
     }
+    // no interior when the taps never all land in the row (large dilation, short rows)
+    cls.lo = std::min(cls.lo, cls.n);
     cls.hi = std::max(cls.hi, cls.lo);
     classes.push_back(std::move(cls));
   }
@@ -217,7 +219,7 @@ inline fvec<BW> load(const uint16_t* p) {  // bf16 bits -> fp32
 }
 
 // The outputs of one w class in one output row, BW channels from c0. Interior outputs go WB at
-// a time: each weight vector loaded once serves WB inputs (register-blocked); the others check
+// a time: each weight vector loaded once serves WB outputs (register-blocked); the others check
 // every tap against the row's ends.
 template <typename T, int BW>
 void gather_class(const Rows& rows, const WClass& k, float* orow, int64_t A, int64_t D,
