@@ -119,3 +119,22 @@ def test_configured_adam_is_fused_and_steps_like_the_per_tensor_adam():
         weights.append(torch.cat([p.detach().flatten() for p in module.net.parameters()]))
     assert (weights[0] - start).abs().max() > 1e-4  # the steps moved the weights
     torch.testing.assert_close(weights[1], weights[0], rtol=1e-5, atol=1e-6)
+
+
+def test_resumed_optimizer_keeps_this_runs_fused_setting():
+    """A checkpoint's optimizer state carries its own `fused`; loading it must not switch this
+    run's choice (torch's load_state_dict takes the saved param-group settings)."""
+    from types import SimpleNamespace
+
+    names, ranges = ["a", "b", "c"], {k: (0, 1) for k in "abc"}
+    old = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, fused=None)
+    old._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    checkpoint = {"optimizer_states": [old.configure_optimizers()["optimizer"].state_dict()]}
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["fused"] is None
+
+    new = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, fused=True)
+    new._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    opt = new.configure_optimizers()["optimizer"]
+    new.on_load_checkpoint(checkpoint)
+    opt.load_state_dict(checkpoint["optimizer_states"][0])
+    assert all(group["fused"] is True for group in opt.param_groups)

@@ -91,6 +91,13 @@ class CosmoRegressor(L.LightningModule):
             return floor + (1 - floor) * (1 - progress)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # torch's load_state_dict replaces the param groups' settings with the saved ones: keep
+        # this run's fused choice (a checkpoint from before it would turn the fused kernel off)
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group["fused"] = self.hparams.fused
+
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.Adam(
