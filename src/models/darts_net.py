@@ -35,11 +35,13 @@ class Cell(nn.Module):
         self.inputs = [j for _, j in edges]
         strides = [2 if reduction and j < 2 else 1 for _, j in edges]
         self.ops = nn.ModuleList(make_op(op, C, s) for (op, _), s in zip(edges, strides, strict=True))
-        # An edge repeating an earlier parameter-free op (pool, identity, zero) on the same input
-        # reuses its output: the medium genotype pools state 0 three times the same way.
+        # An edge repeating an earlier op without parameters or buffers (pool, identity, zero:
+        # deterministic functions of their input) on the same input reuses its output: the
+        # medium genotype pools state 0 three times the same way.
         first: dict = {}
         self.reuse = [
-            first.setdefault((op, j, s), e) if not any(True for _ in self.ops[e].parameters()) else e
+            e if any(True for _ in [*self.ops[e].parameters(), *self.ops[e].buffers()])
+            else first.setdefault((op, j, s), e)
             for e, ((op, j), s) in enumerate(zip(edges, strides, strict=True))
         ]
 
