@@ -77,3 +77,31 @@ def test_bad_setting_stops_a_training_job_before_it_starts(train_cfg, tmp_path):
     with pytest.raises(MallocConfigError, match="speed.malloc_keep_mib"):
         run(train_cfg("speed.malloc_keep_mib=-1"))
     assert not (tmp_path / "job" / "checkpoints").exists()
+
+
+class _FakeLibc:
+    """A C library whose mallopt accepts (1) or refuses (0) every setting; `glibc` adds the
+    glibc-only symbol the module checks for."""
+
+    def __init__(self, answer: int, glibc: bool):
+        self.calls = []
+        self.mallopt = lambda *args: self.calls.append(args) or answer
+        if glibc:
+            self.gnu_get_libc_version = object()
+
+
+@pytest.mark.parametrize("answer,glibc,expected", [(1, True, True), (0, True, False),
+                                                   (1, False, False)])
+def test_refused_or_foreign_libc_reports_false(monkeypatch, caplog, answer, glibc, expected):
+    from src.perf import host_malloc
+
+    fake = _FakeLibc(answer, glibc)
+    monkeypatch.setattr(host_malloc.ctypes, "CDLL", lambda name: fake)
+    with caplog.at_level("INFO", logger=host_malloc.__name__):
+        assert keep_freed_memory(64) is expected
+    # glibc: both thresholds asked for, even when the first is refused; elsewhere none
+    assert len(fake.calls) == (2 if glibc else 0)
+    if glibc and not answer:
+        assert "glibc refused speed.malloc_keep_mib=64" in caplog.text
+    if not glibc:
+        assert "not glibc" in caplog.text

@@ -17,7 +17,6 @@ have coalesced); the peak resident memory is measured by benchmarks/host_malloc_
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -34,14 +33,17 @@ class MallocConfigError(ValueError):
 
 
 def keep_freed_memory(max_block_mib: int) -> bool:
-    """Have glibc keep freed blocks up to `max_block_mib` MiB for reuse. Returns whether it
-    took effect (False where the C library is not glibc, e.g. macOS or musl)."""
+    """Ask glibc to keep freed blocks up to `max_block_mib` MiB for reuse. Returns whether
+    glibc accepted both settings (False where the C library is not glibc, e.g. macOS or musl,
+    or where this glibc refuses the size; a warning says so). Under a preloaded allocator
+    (jemalloc, tcmalloc) glibc accepts them but that allocator's own policy applies."""
     if isinstance(max_block_mib, bool) or not isinstance(max_block_mib, int) \
             or not 1 <= max_block_mib <= MAX_BLOCK_MIB:
-        raise MallocConfigError(f"speed.malloc_keep_mib: expected an integer in [1, {MAX_BLOCK_MIB}] "
-                         f"MiB (or null for the C library's default), got {max_block_mib!r}")
+        raise MallocConfigError(
+            f"speed.malloc_keep_mib: expected an integer in [1, {MAX_BLOCK_MIB}] MiB (or null "
+            f"for the C library's default), got {max_block_mib!r}")
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process
         mallopt = libc.mallopt
         # glibc's own version query: absent from other C libraries that may export mallopt
         libc.gnu_get_libc_version  # noqa: B018
@@ -51,5 +53,10 @@ def keep_freed_memory(max_block_mib: int) -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # trimming looks at all the free memory on top of the heap, not one block: only beyond
     # the most mallopt can express (2 GiB) is it given back
-    return bool(mallopt(_M_MMAP_THRESHOLD, max_block_mib << 20)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    accepted = [bool(mallopt(_M_MMAP_THRESHOLD, max_block_mib << 20)),
+                bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))]
+    if not all(accepted):
+        log.warning("glibc refused speed.malloc_keep_mib=%d (mmap threshold accepted: %s, trim "
+                    "threshold accepted: %s); older glibc caps the mmap threshold at 32 MiB",
+                    max_block_mib, accepted[0], accepted[1])
+    return all(accepted)
