@@ -39,32 +39,38 @@ def step_args(doc: str, extra=()) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def train_cfg(*overrides: str):
+    """The composed train config (conf/train.yaml) with `overrides`."""
+    sys.path.insert(0, str(ROOT))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
 def apply_cpu_speed_settings() -> None:
     """The process-wide settings of conf/speed/cpu.yaml (e.g. freed heap memory kept)."""
-    sys.path.insert(0, str(ROOT))
     from src.training import apply_speed_settings
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        apply_speed_settings(compose(config_name="train", overrides=["trainer=cpu"]).speed)
+    apply_speed_settings(train_cfg("trainer=cpu").speed)
 
 
 def build_net(model: str, size: int) -> torch.nn.Module:
     """The configured network of `model` for 1-channel size^3 cubes, channels_last_3d."""
-    sys.path.insert(0, str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={model}"])
-    return instantiate(cfg.model.net, in_channels=1, input_size=size,
+    return instantiate(train_cfg(f"model={model}").model.net, in_channels=1, input_size=size,
                        n_params=3).to(memory_format=torch.channels_last_3d)
 
 
-def make_train_step(model: str, size: int, batch: int, bf16: bool, fused_adam: bool = True):
-    """One training step (forward, MSE, backward, Adam) of the configured `model` on a fixed
-    random batch, channels_last_3d; returns it as a function of no arguments."""
+def make_train_step(model: str, size: int, batch: int, bf16: bool, fused_adam: bool | None = None):
+    """One training step (forward, MSE, backward, Adam as conf/optim/adam.yaml configures it,
+    `fused_adam` overriding its `fused`) of the configured `model` on a fixed random batch,
+    channels_last_3d; returns it as a function of no arguments."""
     cl = torch.channels_last_3d
     net = build_net(model, size)
     x = torch.randn(batch, 1, size, size, size).contiguous(memory_format=cl)
     y = torch.rand(batch, 3) * 2 - 1
-    opt = torch.optim.Adam(net.parameters(), fused=fused_adam)
+    hp = train_cfg().optim
+    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                           weight_decay=hp.weight_decay,
+                           fused=hp.fused if fused_adam is None else fused_adam)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -79,9 +85,10 @@ def make_train_step(model: str, size: int, batch: int, bf16: bool, fused_adam: b
 def main() -> None:
     args = step_args(__doc__, [("--rows", {"type": int, "default": 12}),
                                ("--fused-adam", {"action": argparse.BooleanOptionalAction,
-                                                 "default": True})])
+                                                 "help": "default: conf/optim/adam.yaml"})])
     apply_cpu_speed_settings()
-    step = make_train_step(args.model, args.size, args.batch, args.bf16, args.fused_adam)
+    fused = train_cfg().optim.fused if args.fused_adam is None else args.fused_adam
+    step = make_train_step(args.model, args.size, args.batch, args.bf16, fused)
     for _ in range(3):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -92,7 +99,7 @@ def main() -> None:
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     adam_us = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step#"))
-    print(f"optimizer step ({'fused' if args.fused_adam else 'per-tensor'} Adam): "
+    print(f"optimizer step ({'fused' if fused else 'per-tensor'} Adam): "
           f"{adam_us / 1e3:.1f} ms")
 
 

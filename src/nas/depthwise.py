@@ -6,8 +6,9 @@ small cubes deep in the network. Here, for CPU tensors that need a gradient:
 - the compiled kernels of `cpu_kernels` (built on first use; fp32/bf16) compute every weight
   gradient, the forward of dilated convs (strided ones too: cheaper than running the
   stride == dilation case as an undilated conv on a subsampled copy) and the input gradient of
-  strided or dilated ones; the undilated forward and the stride-1 input gradient stay with torch (oneDNN), as the
-  correlation of the output gradient with the flipped kernel (`_grad_input`);
+  strided or dilated ones; the undilated forward and the stride-1 input gradient stay with
+  torch (oneDNN), as the correlation of the output gradient with the flipped kernel
+  (`_grad_input`);
 - without the compiled kernels (no compiler, `SAIH_CPU_KERNEL=0`, float64): the weight gradient
   at stride 1 with 5^3 kernels or in bf16 is one forward conv with the batch folded into the
   channels (`folded_grad_weight`), torch's otherwise; the strided input gradient is a transposed
