@@ -207,21 +207,21 @@ def _undilated(x, w, stride, padding, dilation):
     padding d * (k // 2) an output voxel only sees input voxels of its own residue mod d:
     - stride d: the conv of the every-d-th-voxel subsample with the undilated kernel;
     - stride 1: space-to-batch into the d^3 residue classes, undilated conv, batch-to-space.
-    Same sums in a different order, so equal to float rounding.
+    Same sums in a different order, so equal to float rounding. Where the compiled kernels run,
+    None: their gather form computes the dilated conv directly, faster than both rewrites.
     """
     d = dilation[0]
     k = w.shape[2:]
     if (d == 1 or any(v != d for v in dilation) or any(kk % 2 == 0 for kk in k)
-            or any(p != d * (kk // 2) for p, kk in zip(padding, k, strict=True))):
+            or any(p != d * (kk // 2) for p, kk in zip(padding, k, strict=True))
+            or cpu_kernels.applies(x, w)):
         return None
     pad = tuple(kk // 2 for kk in k)
-    if all(s == d for s in stride) and not cpu_kernels.applies(x, w):
+    if all(s == d for s in stride):
         xs = x[:, :, ::d, ::d, ::d]
         return _fast(xs.contiguous(memory_format=memory_format(x)), w, (1, 1, 1), pad, (1, 1, 1))
-    if (any(s != 1 for s in stride) or min(x.shape[2:]) < 4 * d
-            or cpu_kernels.applies(x, w)):
-        # tiny cubes (4^3 at d=2): the residue grids are mostly padding, measured slower; the
-        # compiled gather kernel runs the dilated conv directly, faster than both
+    if any(s != 1 for s in stride) or min(x.shape[2:]) < 4 * d:
+        # tiny cubes (4^3 at d=2): the residue grids are mostly padding, measured slower
         return None
     B, C, D, H, W = x.shape
     fmt = memory_format(x)
