@@ -38,9 +38,9 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.perf.host_malloc import keep_freed_memory  # noqa: E402
 from src.sim.synthetic import write_synthetic_dataset  # noqa: E402
 from src.training import (  # noqa: E402
+    apply_malloc_setting,
     apply_speed_settings,
     build_callbacks,
     build_datamodule,
@@ -162,9 +162,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # process-wide and not undone between variants: the plain loop runs with it too
-    speed = compose_train([f"trainer={args.trainer}", *args.override]).get("speed") or {}
-    if speed.get("malloc_keep_mib") is not None:
-        keep_freed_memory(speed.get("malloc_keep_mib"))
+    apply_malloc_setting(compose_train([f"trainer={args.trainer}", *args.override]).get("speed"))
     tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
     n_sims = max(2, -(-(args.warmup + args.steps) * args.batch // 6) + 2)  # enough for one epoch
     write_synthetic_dataset(tmp / "data", n_sims=n_sims, size=args.size, seed=0)

@@ -91,7 +91,12 @@ def apply_speed_settings(speed) -> None:
         return
     torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark", False))
     torch.set_float32_matmul_precision(str(speed.get("float32_matmul_precision", "highest")))
-    if speed.get("malloc_keep_mib") is not None:
+    apply_malloc_setting(speed)
+
+
+def apply_malloc_setting(speed) -> None:
+    """`speed.malloc_keep_mib` (null or absent: the C library's default)."""
+    if speed and speed.get("malloc_keep_mib") is not None:
         keep_freed_memory(speed.get("malloc_keep_mib"))
 
 
