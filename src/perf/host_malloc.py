@@ -3,7 +3,7 @@
 glibc's malloc serves every block above 32 MiB with its own mmap and unmaps it on free, and
 trims freed memory at the top of its heap: the next activation of that size is page-faulted
 in again (benchmarks/host_malloc_bench.py on the development VM: a fresh 44 MiB tensor costs
-12-13 ms to allocate and fill, a kept one 2 ms). A training step frees and reallocates the
+11-14 ms to allocate and fill, a kept one 2 ms). A training step frees and reallocates the
 same large activations every time, so at 32^3 and above a CPU step spends much of its time in
 page faults (the medium net's fp32 step: x0.75 at 64^3, x0.87-0.93 at 32^3 with this set;
 docs/benchmarks.md). Raising
