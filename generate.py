@@ -12,9 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import UserError
 from src.sim.campaign import run_campaign
-from src.sim.cosmology import SimError
-from src.sim.store import DataError
 
 
 def run(cfg: DictConfig) -> dict:
@@ -29,20 +28,14 @@ def run(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         result = run(cfg)
-    except (SimError, DataError) as err:  # bad input or full disk: one line, no traceback
+    except UserError as err:  # bad input or full disk: one line, no traceback
         print(f"generate.py: error: {err}", file=sys.stderr)
         sys.exit(2)
-    if result.get("ranks", 1) == 1 or _rank() == 0:
+    if result["rank"] == 0:  # under MPI every rank returns; one prints
         extra = f", {result['n_extra']} beyond n_sims not listed" if result["n_extra"] else ""
         print(f"generate.py: {result['n_files']} files in {result['data_dir']} "
               f"({result['n_simulated']} simulated, {result['n_skipped']} already there{extra}, "
               f"{result['mode']}, {result['wall_s']:.1f} s); manifest {result['manifest']}")
-
-
-def _rank() -> int:
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.Get_rank()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from pathlib import Path
 
@@ -17,38 +15,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from src.launch import LaunchError, isolated_job, launch_local, needs_local_launch
-from src.training import (
-    BAD_INPUT_ERRORS,
-    ERROR_FILE,
-    METRICS_FILE,
-    finished_result,
-    fit_job,
-    record_failure,
-    set_aside_stale_result,
-)
-
-log = logging.getLogger(__name__)
+from src.contract import METRICS_FILE
+from src.errors import UserError
+from src.training.job import run_job
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train (in-process, or as locally launched ranks) and return the metrics.json payload."""
-    out_dir = Path(cfg.paths.output_dir)
-    if cfg.get("skip_complete", True) and (done := finished_result(cfg)) is not None:
-        # a rerun of the same sweep: this job already finished with this exact config
-        log.info("skipping %s: already complete (metrics.json)", out_dir)
-        return done
-    set_aside_stale_result(out_dir)
-    try:
-        if not needs_local_launch(cfg):
-            with isolated_job():
-                return fit_job(cfg)
-        launch_local(cfg)
-    except Exception as err:
-        if not (out_dir / ERROR_FILE).is_file():  # rank 0 of a launched job records its own
-            record_failure(out_dir, err)
-        raise
-    return json.loads((out_dir / METRICS_FILE).read_text())
+    """Run the job (skipped when already complete); returns its metrics.json payload."""
+    return run_job(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -58,7 +32,7 @@ def main(cfg: DictConfig) -> None:
         cfg.sweep_group = Path(hydra_cfg.sweep.dir).name
     try:
         result = run(cfg)
-    except (*BAD_INPUT_ERRORS, LaunchError) as err:
+    except UserError as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and goes on with the sweep
         # bad input or a failed rank: one line naming the culprit (details in error.txt)

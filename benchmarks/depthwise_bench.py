@@ -1,7 +1,7 @@
 """Depthwise Conv3d on CPU: our flipped-kernel backward (src/nas/depthwise.py) vs torch's.
 
-    .venv/bin/python benchmarks/depthwise_bench.py                  # medium net, 32^3, batch 2
-    .venv/bin/python benchmarks/depthwise_bench.py --model large --repeats 7
+    .venv/bin/python -m benchmarks.depthwise_bench                  # medium net, 32^3, batch 2
+    .venv/bin/python -m benchmarks.depthwise_bench --model large --repeats 7
 
 Part 1: forward + backward (grad_input and grad_weight) of every distinct depthwise conv shape
 of the network, channels_last_3d like the CPU training default (conf/speed/cpu.yaml).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,17 +21,16 @@ import hydra
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.profile_step import train_cfg
+from src.kernels.depthwise import depthwise_conv3d, set_fast_depthwise
 
-from src.nas.depthwise import depthwise_conv3d, set_fast_depthwise  # noqa: E402
-from tests.conftest import compose_cfg  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CL = torch.channels_last_3d
 
 
 def build_net(model: str, size: int):
-    cfg = compose_cfg("train", [f"model={model}"])
+    cfg = train_cfg(f"model={model}")
     return hydra.utils.instantiate(cfg.model.net, in_channels=1, input_size=size, n_params=3)
 
 

@@ -1,8 +1,8 @@
 """Where a depthwise 3D conv's training time goes on this CPU, and the faster formulations.
 
-    python benchmarks/depthwise_grads.py                      # the medium net's cube sizes
-    python benchmarks/depthwise_grads.py --cubes 56:32:2 --repeats 9
-    python benchmarks/depthwise_grads.py --dtype bf16          # torch's bf16 kernels
+    python -m benchmarks.depthwise_grads                      # the medium net's cube sizes
+    python -m benchmarks.depthwise_grads --cubes 56:32:2 --repeats 9
+    python -m benchmarks.depthwise_grads --dtype bf16          # torch's bf16 kernels
 
 Per cube (channels:size:batch) and kernel size (3, 5), channels_last_3d, 'same' padding, medians
 of --repeats, in ms. Stride 1: the forward; torch's input gradient and weight gradient
@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from src.nas import cpu_kernels  # noqa: E402
-from src.nas.depthwise import folded_grad_weight  # noqa: E402
+from src.kernels import cpu_kernels
+from src.kernels.depthwise import folded_grad_weight
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -1,9 +1,9 @@
 """Training step time with glibc's default malloc vs freed memory kept for reuse
 (`speed.malloc_keep_mib`, src/perf/host_malloc.py).
 
-    python benchmarks/host_malloc_bench.py --model medium --size 32 --batch 2
-    python benchmarks/host_malloc_bench.py --model medium --size 64 --steps 2 --repeats 2
-    python benchmarks/host_malloc_bench.py --model medium --bf16
+    python -m benchmarks.host_malloc_bench --model medium --size 32 --batch 2
+    python -m benchmarks.host_malloc_bench --model medium --size 64 --steps 2 --repeats 2
+    python -m benchmarks.host_malloc_bench --model medium --bf16
 
 The setting is process-wide and cannot be undone, so each variant runs in its own fresh
 process, alternating (default, kept, default, kept, ...); each process times `--steps` steps
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.profile_step import make_train_step, step_args
+from src.perf.host_malloc import keep_freed_memory
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.profile_step import make_train_step, step_args  # noqa: E402
-from src.perf.host_malloc import keep_freed_memory  # noqa: E402
 
 FILL_MIB = 44  # the medium net's 32^3 stem output at batch 2 (168 channels, fp32)
 
@@ -69,14 +69,15 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
-    common = [sys.executable, __file__, "--child", "--model", args.model, "--size",
+    common = [sys.executable, "-m", __spec__.name, "--child", "--model", args.model, "--size",
               str(args.size), "--batch", str(args.batch), "--steps", str(args.steps)]
     common += ["--bf16"] if args.bf16 else []
     variants = {"glibc_default": ["--keep-mib", "0"], "kept": ["--keep-mib", str(args.keep_mib)]}
     results: dict[str, list[dict]] = {k: [] for k in variants}
     for rep in range(args.repeats):
         for name, extra in variants.items():
-            out = subprocess.run(common + extra, check=True, capture_output=True, text=True)
+            out = subprocess.run(common + extra, check=True, capture_output=True, text=True,
+                                 cwd=ROOT)
             results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"repeat {rep} {name}: step {results[name][-1]['step_s']:.3f} s, "
                   f"{FILL_MIB} MiB alloc+fill {results[name][-1]['fill_ms']:.2f} ms", flush=True)

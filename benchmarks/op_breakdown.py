@@ -1,7 +1,7 @@
 """Where a DARTS net's training FLOPs and time go, by operation class.
 
-    python benchmarks/op_breakdown.py --model medium --size 32 --batch 2
-    python benchmarks/op_breakdown.py --model medium --size 32 --batch 2 --bf16
+    python -m benchmarks.op_breakdown --model medium --size 32 --batch 2
+    python -m benchmarks.op_breakdown --model medium --size 32 --batch 2 --bf16
 
 Every Conv3d and BatchNorm3d + LeakyReLU pair the net calls is timed alone, forward + backward
 (input gradients on as inside the net, off for the first conv; the same code path: the DARTS ops' depthwise and fused
@@ -15,18 +15,17 @@ The process runs with the CPU defaults' settings (conf/speed/cpu.yaml), as train
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
+from benchmarks.profile_step import apply_cpu_speed_settings, build_net, step_args
+from src.kernels.depthwise import run_depthwise
+from src.layers.ops import bn_act
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.profile_step import apply_cpu_speed_settings, build_net, step_args  # noqa: E402
-from src.nas.depthwise import run_depthwise  # noqa: E402
-from src.nas.ops import bn_act  # noqa: E402
 
 CL = torch.channels_last_3d
 

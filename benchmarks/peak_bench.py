@@ -1,6 +1,6 @@
 """Print this machine's measured peak FLOP/s (matmul, fp32 and bf16) and triad bandwidth.
 
-    python benchmarks/peak_bench.py [--budget 0.4] [--threads N] [--write-cache] [--cache-dir D]
+    python -m benchmarks.peak_bench [--budget 0.4] [--threads N] [--write-cache] [--cache-dir D]
 
 Always measures afresh (the training callback reads the per-machine cache instead);
 `--write-cache` stores the fresh numbers there, e.g. after the cache was filled on a busy
@@ -15,6 +15,7 @@ import time
 import torch
 
 from src.perf import peak
+from src.util.cache import DEFAULT_CACHE_DIR
 
 
 def bench(device: torch.device, budget: float) -> dict:
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.4, help="seconds per benchmark")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--write-cache", action="store_true", help="store results in the cache")
-    ap.add_argument("--cache-dir", default=None, help=f"default {peak.DEFAULT_CACHE_DIR}")
+    ap.add_argument("--cache-dir", default=None, help=f"default {DEFAULT_CACHE_DIR}")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

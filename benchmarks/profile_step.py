@@ -1,10 +1,10 @@
 """Profile one training step (forward, MSE, backward, Adam) of a model: the top operators.
 
-    python benchmarks/profile_step.py --model medium --size 32 --batch 2
-    python benchmarks/profile_step.py --model medium --bf16          # under bf16 autocast
-    SAIH_FAST_DEPTHWISE=0 python benchmarks/profile_step.py ...   # torch's depthwise backward
-    SAIH_CPU_KERNEL=0 python benchmarks/profile_step.py ...       # without the compiled kernels
-    python benchmarks/profile_step.py --no-fused-adam             # torch's per-tensor Adam loop
+    python -m benchmarks.profile_step --model medium --size 32 --batch 2
+    python -m benchmarks.profile_step --model medium --bf16          # under bf16 autocast
+    python -m benchmarks.profile_step --no-fast-depthwise         # torch's depthwise paths
+    python -m benchmarks.profile_step --no-cpu-kernels            # without the compiled kernels
+    python -m benchmarks.profile_step --no-fused-adam             # torch's per-tensor Adam loop
 
 channels_last_3d, fused Adam and the process settings of the CPU defaults (conf/speed/cpu.yaml,
 conf/optim/adam.yaml); three warm-up steps (the kept heap settles), then one profiled step; the
@@ -14,7 +14,7 @@ Adam step's total time is printed after the table.
 from __future__ import annotations
 
 import argparse
-import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,16 +41,16 @@ def step_args(doc: str, extra=()) -> argparse.Namespace:
 
 def train_cfg(*overrides: str):
     """The composed train config (conf/train.yaml) with `overrides`."""
-    sys.path.insert(0, str(ROOT))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
 
 
-def apply_cpu_speed_settings() -> None:
-    """The process-wide settings of conf/speed/cpu.yaml (e.g. freed heap memory kept)."""
-    from src.training import apply_speed_settings
+def apply_cpu_speed_settings(*overrides: str) -> None:
+    """The process-wide settings of conf/speed/cpu.yaml (e.g. freed heap memory kept), with
+    `overrides` (`speed.cpu_kernels=false`, ...)."""
+    from src.training.build import apply_speed_settings
 
-    apply_speed_settings(train_cfg("trainer=cpu").speed)
+    apply_speed_settings(train_cfg("trainer=cpu", *overrides).speed)
 
 
 def build_net(model: str, size: int) -> torch.nn.Module:
@@ -67,10 +67,10 @@ def make_train_step(model: str, size: int, batch: int, bf16: bool, fused_adam: b
     net = build_net(model, size)
     x = torch.randn(batch, 1, size, size, size).contiguous(memory_format=cl)
     y = torch.rand(batch, 3) * 2 - 1
-    hp = train_cfg().optim
-    opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                           weight_decay=hp.weight_decay,
-                           fused=hp.fused if fused_adam is None else fused_adam)
+    optimizer = instantiate(train_cfg().optim)
+    if fused_adam is not None:
+        optimizer = partial(optimizer, fused=fused_adam)
+    opt = optimizer(net.parameters())
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -83,10 +83,14 @@ def make_train_step(model: str, size: int, batch: int, bf16: bool, fused_adam: b
 
 
 def main() -> None:
+    switch = {"action": argparse.BooleanOptionalAction, "default": True}
     args = step_args(__doc__, [("--rows", {"type": int, "default": 12}),
                                ("--fused-adam", {"action": argparse.BooleanOptionalAction,
-                                                 "help": "default: conf/optim/adam.yaml"})])
-    apply_cpu_speed_settings()
+                                                 "help": "default: conf/optim/adam.yaml"}),
+                               ("--cpu-kernels", {**switch, "help": "speed.cpu_kernels"}),
+                               ("--fast-depthwise", {**switch, "help": "speed.fast_depthwise"})])
+    apply_cpu_speed_settings(f"speed.cpu_kernels={args.cpu_kernels}",
+                             f"speed.fast_depthwise={args.fast_depthwise}")
     fused = train_cfg().optim.fused if args.fused_adam is None else args.fused_adam
     step = make_train_step(args.model, args.size, args.batch, args.bf16, fused)
     for _ in range(3):

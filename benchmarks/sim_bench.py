@@ -1,7 +1,7 @@
 """Particle-mesh benchmark: our torch PM vs JaxPM (CPU) on the same problem.
 
-    python benchmarks/sim_bench.py                    # 64^3 and 128^3 particles, mesh 2x, 10 steps
-    python benchmarks/sim_bench.py --sizes 64 --threads 2
+    python -m benchmarks.sim_bench                    # 64^3 and 128^3 particles, mesh 2x, 10 steps
+    python -m benchmarks.sim_bench --sizes 64 --threads 2
 
 For each size, in separate processes (so peak memory is per code): our run (2LPT + FastPM
 KDK) and, when `jaxpm` imports, JaxPM's `lpt` + `pm_forces` stepped with the same KDK
@@ -179,7 +179,7 @@ def compare_power(work: Path, n: int, box: float) -> dict:
 
 
 def _spawn(mode: str, args, work: Path) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", mode, "--n", str(args.n), "--work", str(work),
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", mode, "--n", str(args.n), "--work", str(work),
            *_common(args)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -220,7 +220,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.worker:
-        sys.path.insert(0, str(ROOT))
         fn = worker_ours if args.worker == "ours" else worker_jaxpm
         print(json.dumps(fn(args)))
         return 0

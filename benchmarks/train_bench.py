@@ -1,10 +1,10 @@
 """Training-path benchmark: our Lightning step vs a plain PyTorch loop, callback overhead, MFU.
 
-    .venv/bin/python benchmarks/train_bench.py                       # small model, 64^3, batch 4
-    .venv/bin/python benchmarks/train_bench.py --settings             # + the speed-settings matrix
-    .venv/bin/python benchmarks/train_bench.py --model medium --size 32
-    .venv/bin/python benchmarks/train_bench.py --override trainer.precision=32-true   # fp32 step
-    python benchmarks/train_bench.py --trainer gpu --size 128 --batch 8   # on a GPU machine
+    .venv/bin/python -m benchmarks.train_bench                       # small model, 64^3, batch 4
+    .venv/bin/python -m benchmarks.train_bench --settings             # + the speed-settings matrix
+    .venv/bin/python -m benchmarks.train_bench --model medium --size 32
+    .venv/bin/python -m benchmarks.train_bench --override trainer.precision=32-true   # fp32 step
+    python -m benchmarks.train_bench --trainer gpu --size 128 --batch 8   # on a GPU machine
 
 Every variant runs once per repeat, interleaved (A B C, A B C, ...), and the medians are
 compared, so slow drift of a noisy machine hits all variants alike. Printed ratios:
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,11 +34,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from src.sim.synthetic import write_synthetic_dataset  # noqa: E402
-from src.training import (  # noqa: E402
+from src.sim.synthetic import write_synthetic_dataset
+from src.training.build import (
     apply_malloc_setting,
     apply_speed_settings,
     build_callbacks,
@@ -47,6 +43,8 @@ from src.training import (  # noqa: E402
     build_module,
     resolve_precision,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class StepTimer(L.Callback):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from src.datamodules.cosmo import CosmoDataModule
-from src.sim.store import DataError, write_manifest
+from src.errors import DataError
+from src.sim.store import write_manifest
 from src.sim.synthetic import write_synthetic_dataset
 from train import run
 

@@ -19,7 +19,7 @@ def run_script(*args: str) -> str:
 
 def test_train_bench_prints_its_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    run_script("benchmarks/train_bench.py", "--size", "16", "--batch", "2", "--steps", "2",
+    run_script("-m", "benchmarks.train_bench", "--size", "16", "--batch", "2", "--steps", "2",
                "--warmup", "1", "--repeats", "1", "--json", str(out),
                "--override", "trainer.precision=32-true")
     summary = json.loads(out.read_text())
@@ -31,14 +31,14 @@ def test_train_bench_prints_its_ratios(tmp_path):
 
 
 def test_depthwise_grads_times_every_variant():
-    out = run_script("benchmarks/depthwise_grads.py", "--cubes", "8:4:1", "--repeats", "1")
+    out = run_script("-m", "benchmarks.depthwise_grads", "--cubes", "8:4:1", "--repeats", "1")
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("8:4:1")]
     assert [r[1] for r in rows] == ["3", "5"]
     assert all(len(r) == 17 and all(float(v) > 0 for v in r[2:]) for r in rows)  # no nan
 
 
 def test_op_breakdown_covers_every_mac():
-    out = run_script("benchmarks/op_breakdown.py", "--size", "16", "--batch", "2",
+    out = run_script("-m", "benchmarks.op_breakdown", "--size", "16", "--batch", "2",
                      "--repeats", "1")
     rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
     classes = {" ".join(r[:-5]): r[-5:] for r in rows}
@@ -49,13 +49,13 @@ def test_op_breakdown_covers_every_mac():
 
 
 def test_profile_step_reports_the_optimizer_step():
-    out = run_script("benchmarks/profile_step.py", "--model", "small", "--size", "16",
+    out = run_script("-m", "benchmarks.profile_step", "--model", "small", "--size", "16",
                      "--no-fused-adam")
     assert "aten::" in out and "optimizer step (per-tensor Adam): " in out
 
 
 def test_host_malloc_bench_times_both_allocators():
-    out = run_script("benchmarks/host_malloc_bench.py", "--model", "small", "--size", "16",
+    out = run_script("-m", "benchmarks.host_malloc_bench", "--model", "small", "--size", "16",
                      "--steps", "1", "--repeats", "1")
     lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
     assert "step" in lines["glibc_default"] and "peak RSS" in lines["kept"]

@@ -1,4 +1,4 @@
-"""The compiled CPU depthwise kernels (src/nas/cpu_kernels.cpp) against float64 autograd."""
+"""The compiled CPU depthwise kernels (src/kernels/cpu_kernels.cpp) against float64 autograd."""
 
 import os
 import shutil
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.nas import cpu_kernels
-from src.nas.depthwise import depthwise_conv3d
+from src.kernels import cpu_kernels
+from src.kernels.depthwise import depthwise_conv3d
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -141,7 +141,7 @@ def test_disabled_or_unsupported_returns_none():
 def test_build_name_tracks_source_and_processor(monkeypatch):
     name = cpu_kernels.build_name()
     assert name.startswith("saih_depthwise_") and name == cpu_kernels.build_name()
-    monkeypatch.setattr(cpu_kernels, "_cpu_signature", lambda: "another processor")
+    monkeypatch.setattr(cpu_kernels, "cpu_signature", lambda: "another processor")
     assert cpu_kernels.build_name() != name
 
 
@@ -216,7 +216,7 @@ def test_fused_bn_leaky_relu_declines_eval_and_contiguous_layout():
 
 @needs_compiler
 def test_darts_op_uses_the_fused_kernel_and_thop_hooks_do_not(monkeypatch):
-    from src.nas.ops import make_op
+    from src.layers.ops import make_op
 
     calls = []
     real = cpu_kernels.bn_leaky_relu
@@ -238,7 +238,7 @@ def test_darts_op_uses_the_fused_kernel_and_thop_hooks_do_not(monkeypatch):
 def test_dilated_conv_under_bf16_autocast_takes_the_kernel():
     """Under autocast the input (bf16) and the weight (fp32) differ in dtype until the conv
     casts them: the kernel must still be chosen over the space-to-batch rewrite."""
-    import src.nas.depthwise as dw
+    import src.kernels.depthwise as dw
 
     x = torch.randn(2, 4, 8, 8, 8).to(torch.bfloat16).contiguous(memory_format=CL)
     w = torch.randn(4, 1, 3, 3, 3, requires_grad=True)
@@ -254,7 +254,7 @@ def test_dilated_conv_under_bf16_autocast_takes_the_kernel():
 
 def test_build_dir_falls_back_to_temp_when_home_cache_is_read_only(monkeypatch, tmp_path):
     home = tmp_path / "home"
-    monkeypatch.setattr(cpu_kernels, "DEFAULT_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setattr(cpu_kernels, "cache_root", lambda: home / "cache")
     monkeypatch.setattr(cpu_kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     assert cpu_kernels._build_dir("k").parent.parent == home / "cache"
     real_access = os.access

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from src.datamodules.cosmo import CosmoDataModule, ShardSampler, parse_fraction
-from src.sim.store import DataError, read_simulation
+from src.dist import EMULATED_FLAG
+from src.errors import DataError
+from src.sim.store import read_simulation
 
 
 def make_dm(data_dir, world=1, rank=0, num_devices=1, **kwargs):
@@ -95,7 +97,7 @@ def test_stage_auto_takes_ram_only_when_the_local_shards_fit(tiny_data, monkeypa
     assert too_big.staged_to is None and not too_big.train_set.cache
     assert torch.equal(too_big.train_set[0][0], two_local.train_set[0][0])
     assert dm_with(4 * one).staged_to == "ram"  # one rank per machine
-    monkeypatch.setenv(cosmo.EMULATED_FLAG, "1")
+    monkeypatch.setenv(EMULATED_FLAG, "1")
     assert dm_with(4 * one).staged_to is None  # both emulated nodes share this machine
     assert dm_with(None).staged_to is None  # memory unknown: read the files
 

@@ -19,18 +19,17 @@ import pytest
 from omegaconf import OmegaConf
 
 import generate
+from src.errors import DataError, SimConfigError, SimStorageError
 from src.sim import campaign as campaign_mod
-from src.sim import store as store_mod
 from src.sim.campaign import sample_parameters, validate_ranges
-from src.sim.cosmology import SimConfigError, SimStorageError
 from src.sim.store import (
-    DataError,
     read_manifest,
     read_simulation,
     verify_simulation,
     write_manifest,
     write_simulation,
 )
+from src.util import atomic as atomic_mod
 
 from .conftest import ROOT, SMALL_OVERRIDES, compose_cfg
 
@@ -235,7 +234,7 @@ def test_disk_full_while_writing_the_manifest_is_one_clear_error(tmp_path, monke
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "json", SimpleNamespace(dump=full))
+    monkeypatch.setattr(atomic_mod, "json", SimpleNamespace(dump=full))
     data_dir = tmp_path / "d"
     with pytest.raises(SimStorageError, match="disk full while writing the manifest"):
         generate.run(gen_cfg(data_dir, "campaign.n_sims=1"))

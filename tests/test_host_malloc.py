@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from src import training
-from src.perf.host_malloc import MAX_BLOCK_MIB, MallocConfigError, keep_freed_memory
+from src.errors import MallocConfigError
+from src.perf.host_malloc import MAX_BLOCK_MIB, keep_freed_memory
+from src.training import build as training
 from tests.conftest import ROOT, compose_cfg
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.models.cosmoflow import CosmoFlowNet, ModelConfigError, blocks_for_size
+from src.errors import ModelConfigError
+from src.models.cosmoflow import CosmoFlowNet, blocks_for_size
 from src.models.lars import clip_relative_update_, lars_targets
 from src.models.regressor import CosmoRegressor
 
@@ -66,9 +67,20 @@ def test_small_updates_pass_lars_unchanged():
     assert torch.equal(w, expected)
 
 
+def _adam(**overrides):
+    """The optimizer of conf/optim/adam.yaml (a partial), with `overrides` of its arguments."""
+    from functools import partial
+
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    return partial(instantiate(compose_cfg("train", []).optim), **overrides)
+
+
 def test_warmup_then_cosine_schedule():
     module = CosmoRegressor(CosmoFlowNet(1, 16, 3), ["a", "b", "c"], {k: (0, 1) for k in "abc"},
-                            warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
+                            optimizer=_adam(), warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
     factors = [module.lr_factor(s, 14) for s in range(15)]
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4] == pytest.approx(1.0) and factors[14] == pytest.approx(0.1)
@@ -102,12 +114,12 @@ def test_configured_adam_is_fused_and_steps_like_the_per_tensor_adam():
     from tests.conftest import compose_cfg
 
     optim = OmegaConf.to_container(compose_cfg("train", []).optim, resolve=True)
-    assert optim["fused"] is True
+    assert optim["fused"] is True and optim["_target_"] == "torch.optim.Adam"
     weights = []
     for fused in (False, True):
         torch.manual_seed(0)
         module = CosmoRegressor(CosmoFlowNet(1, 16, 3), ["a", "b", "c"], {k: (0, 1) for k in "abc"},
-                                **{**optim, "fused": fused})
+                                optimizer=_adam(fused=fused))
         module._trainer = SimpleNamespace(estimated_stepping_batches=10)
         opt = module.configure_optimizers()["optimizer"]
         assert opt.defaults["fused"] is fused
@@ -127,12 +139,12 @@ def test_resumed_optimizer_keeps_this_runs_fused_setting():
     from types import SimpleNamespace
 
     names, ranges = ["a", "b", "c"], {k: (0, 1) for k in "abc"}
-    old = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, fused=None)
+    old = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, optimizer=_adam(fused=None))
     old._trainer = SimpleNamespace(estimated_stepping_batches=10)
     checkpoint = {"optimizer_states": [old.configure_optimizers()["optimizer"].state_dict()]}
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["fused"] is None
 
-    new = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, fused=True)
+    new = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, optimizer=_adam(fused=True))
     new._trainer = SimpleNamespace(estimated_stepping_batches=10)
     opt = new.configure_optimizers()["optimizer"]
     new.on_load_checkpoint(checkpoint)

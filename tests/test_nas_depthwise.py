@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.nas.depthwise import depthwise_conv3d, run_avg_pool, run_depthwise, set_fast_depthwise
-from src.nas.ops import make_op
+from src.kernels.depthwise import depthwise_conv3d, run_avg_pool, run_depthwise, set_fast_depthwise
+from src.layers.ops import make_op
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -150,7 +150,7 @@ def test_bf16_gradients_match_float64(k, stride, dilation, size):
 
 
 def test_plain_path_for_meta_no_grad_and_hooks(monkeypatch):
-    import src.nas.depthwise as dw
+    import src.kernels.depthwise as dw
 
     def boom(*a, **k):
         raise AssertionError("custom path taken")

@@ -2,9 +2,10 @@
 
 import pytest
 
+from src.errors import FilterError
+from src.layers.genotype import reference_genotype
 from src.models.darts_net import DartsNet
-from src.nas.genotype import reference_genotype
-from src.nas.model_filter import FilterError, choose_channels, count_cost
+from src.nas.model_filter import choose_channels, count_cost
 from src.perf.flops import flops_per_sample
 
 # tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU

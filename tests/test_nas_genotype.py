@@ -3,16 +3,9 @@
 import pytest
 import torch
 
-from src.nas.genotype import (
-    REPO_ROOT,
-    Genotype,
-    derive_cell,
-    derive_genotype,
-    load_genotype_file,
-    resolve_path,
-    save_genotype,
-)
-from src.nas.ops import PRIMITIVES
+from src.layers.genotype import REPO_ROOT, Genotype, load_genotype_file, resolve_path, save_genotype
+from src.layers.ops import PRIMITIVES
+from src.nas.derive import derive_cell, derive_genotype
 
 N_EDGES = 14  # 2 + 3 + 4 + 5 edges for 4 intermediate nodes
 OP = {name: i for i, name in enumerate(PRIMITIVES)}

@@ -9,8 +9,8 @@ import hydra
 import pytest
 import torch
 
+from src.layers.genotype import REPO_ROOT, load_genotype_file, reference_genotype, save_genotype
 from src.models.darts_net import DartsNet
-from src.nas.genotype import REPO_ROOT, load_genotype_file, reference_genotype, save_genotype
 from src.nas.model_filter import count_cost
 from src.perf.flops import flops_per_sample
 from tests.conftest import compose_cfg

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from src.nas.ops import PRIMITIVES, FactorizedReduce, Pool, make_op
+from src.layers.ops import PRIMITIVES, FactorizedReduce, Pool, make_op
 from src.nas.supernet import MixedOp, channel_shuffle
 
 # tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU

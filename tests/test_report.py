@@ -27,7 +27,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from src.report.collect import ReportError
+from src.errors import ReportError
 from src.report.summary import describe_system
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from search import _device
 from search import run as search_run
-from src.nas.genotype import load_genotype_file
-from src.nas.ops import PRIMITIVES
-from src.nas.search import Searcher, SearchError, endless
+from src.errors import SearchError
+from src.layers.genotype import load_genotype_file
+from src.layers.ops import PRIMITIVES
+from src.nas.search import Searcher, endless
 from src.nas.supernet import SearchNetwork
+from src.util.devices import resolve_device
 from tests.conftest import ROOT, compose_cfg
 from train import run as train_run
 
@@ -148,8 +149,8 @@ def test_relative_resume_path_and_missing_device_are_named(tiny_data, tmp_path, 
     with pytest.raises(SearchError, match=f"resume={tmp_path / 'runs' / 'ck.pt'}: no such"):
         search_run(_cfg(tiny_data, tmp_path / "out", "resume=runs/ck.pt"))
     with pytest.raises(SearchError, match="device=cuda:99: .* CUDA device"):
-        _device("cuda:99")
-    assert _device("cpu") == torch.device("cpu")
+        resolve_device("cuda:99", "device", error=SearchError)
+    assert resolve_device("cpu", "device", error=SearchError) == torch.device("cpu")
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):

@@ -10,7 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from src.sim.cosmology import Cosmology, Growth, LinearPower, SimConfigError
+from src.errors import SimConfigError
+from src.sim.cosmology import Cosmology, Growth, LinearPower
 from src.sim.mesh import (
     cic_paint,
     cic_readout,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from src.errors import DataError
 from src.sim.store import (
-    DataError,
     read_manifest,
     read_simulation,
     rebuild_manifest,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from src.sysinfo import available_memory_bytes
+from src.perf.system import available_memory_bytes
 
 GiB = 1 << 30
 V1_NO_LIMIT = "9223372036854771712"  # LONG_MAX rounded to a page, as the kernel writes it

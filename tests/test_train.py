@@ -55,7 +55,7 @@ def test_precision_auto_follows_native_bf16_and_a_rerun_skips(train_cfg, tmp_pat
                                                               native, expected, peak_dtype):
     """The CPU default `trainer.precision: auto` is resolved before training and recorded; the
     finished job is still recognised on a rerun (its hash is of the config as asked)."""
-    monkeypatch.setattr("src.training.native_bf16", lambda device_type: native)
+    monkeypatch.setattr("src.training.build.native_bf16", lambda device_type: native)
     cfg = train_cfg("logger=none")
     assert cfg.trainer.precision == "auto"
     result = run(cfg)
@@ -83,7 +83,7 @@ def test_progress_bar_off_needs_no_other_override(train_cfg):
 
 
 def test_lars_option_trains(train_cfg):
-    result = run(train_cfg("optim.lars.enabled=true", "optim.warmup_steps=1"))
+    result = run(train_cfg("lars=enabled", "schedule.warmup_steps=1"))
     assert math.isfinite(result["metrics"]["train/loss"])
 
 

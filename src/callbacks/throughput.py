@@ -23,21 +23,19 @@ short for a measured window (fast_dev_run) reports its warm-up steps instead, fl
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from src.launch import EMULATED_FLAG
+from src.dist import machine_leader
 from src.perf import flops as perf_flops
 from src.perf import memory as perf_memory
 from src.perf import peak as perf_peak
 
 log = logging.getLogger(__name__)
 
-_COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
 @dataclass
@@ -152,7 +150,7 @@ class ThroughputMonitor(Callback):
         self._dtype = perf_peak.dtype_key(trainer.precision, self._device.type)
         # One rank per machine benchmarks (ranks of one machine would contend); the others then
         # read its cached numbers. Emulated nodes share one machine: only global rank 0.
-        leader = trainer.global_rank == 0 if os.environ.get(EMULATED_FLAG) else trainer.local_rank == 0
+        leader = machine_leader(trainer.global_rank, trainer.local_rank)
         for turn in (0, 1):
             if leader == (turn == 0):
                 self._measure_peaks()
@@ -268,7 +266,7 @@ class ThroughputMonitor(Callback):
             return
         shape = tuple(int(s) for s in x.shape[1:])
         bs = int(x.shape[0])
-        dt = _COMPUTE_DTYPES.get(self._dtype)  # None: the parameters' dtype
+        dt = perf_peak.PEAK_DTYPES.get(self._dtype)  # the dtype the step computes in
         s = self._static
         try:
             s.update(perf_flops.flops_per_sample(net, shape))

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.launch import EMULATED_FLAG
-from src.sim.store import DataError, file_checksum, inspect_simulation, read_manifest
-from src.sysinfo import available_memory_bytes
+from src.dist import ranks_on_this_machine
+from src.errors import DataError
+from src.perf.system import available_memory_bytes
+from src.sim.store import file_checksum, inspect_simulation, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class CosmoDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         ranks_here = 1
         if trainer is not None:  # emulated nodes all run on this machine
-            ranks_here = trainer.world_size if os.environ.get(EMULATED_FLAG) else trainer.num_devices
+            ranks_here = ranks_on_this_machine(trainer.world_size, trainer.num_devices)
         need = shard_samples * self.sample_bytes * max(1, ranks_here)
         available = available_memory_bytes()
         if available is not None and need <= self.stage_ram_max_frac * available:

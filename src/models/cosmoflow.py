@@ -14,11 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OUTPUT_SCALE = 1.2  # labels live in [-1, 1]; tanh * 1.2 keeps the edges reachable
-
-
-class ModelConfigError(ValueError):
-    """A model that cannot be built for the requested input."""
+from src.errors import ModelConfigError
+from src.layers.blocks import HIDDEN, NEGATIVE_SLOPE, DenseHead, MaxPool3dKeepDtype
+from src.models import checks
 
 
 def blocks_for_size(input_size: int, min_spatial: int = 4, max_blocks: int = 5) -> int:
@@ -35,36 +33,6 @@ def blocks_for_size(input_size: int, min_spatial: int = 4, max_blocks: int = 5) 
     return n
 
 
-class DenseHead(nn.Module):
-    """The 3-layer dense head shared by every model: hidden layers, then n_params, tanh*1.2."""
-
-    def __init__(self, in_features: int, n_params: int, hidden=(128, 64), dropout: float = 0.0,
-                 negative_slope: float = 0.3):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(negative_slope), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, n_params))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.layers(torch.flatten(x, 1))) * OUTPUT_SCALE
-
-
-class MaxPool3dKeepDtype(nn.MaxPool3d):
-    """MaxPool3d in its input's dtype. CPU autocast runs max_pool3d in fp32: under bf16-mixed
-    the net's largest activation went to fp32 and back, 15 % of the small net's step at 64^3.
-    A max is exact in any dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):  # CUDA keeps the dtype
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x)
-        return super().forward(x)
-
-
 class CosmoFlowNet(nn.Module):
     def __init__(
         self,
@@ -75,11 +43,15 @@ class CosmoFlowNet(nn.Module):
         n_blocks: int | None = None,
         max_blocks: int = 5,
         min_spatial: int = 4,
-        hidden=(128, 64),
+        hidden=HIDDEN,
         dropout: float = 0.0,
-        negative_slope: float = 0.3,
+        negative_slope: float = NEGATIVE_SLOPE,
     ):
         super().__init__()
+        base_filters = checks.count("base_filters", base_filters)
+        max_blocks = checks.count("max_blocks", max_blocks)
+        min_spatial = checks.count("min_spatial", min_spatial)
+        hidden, dropout, negative_slope = checks.head(hidden, dropout, negative_slope)
         if negative_slope < 0:  # pool-then-activation equals the paper's order only if monotone
             raise ModelConfigError(
                 f"negative_slope={negative_slope}: the CosmoFlow net pools before its LeakyReLU, "
@@ -87,7 +59,7 @@ class CosmoFlowNet(nn.Module):
             )
         if n_blocks is None:
             n_blocks = blocks_for_size(input_size, min_spatial, max_blocks)
-        elif input_size // 2**n_blocks < 1 or input_size % 2**n_blocks:
+        elif input_size % 2 ** checks.count("n_blocks", n_blocks):
             raise ModelConfigError(
                 f"input size {input_size}^3 cannot be pooled {n_blocks} times by 2"
             )

@@ -1,17 +1,21 @@
 """CosmoRegressor: the one LightningModule for parameter regression.
 
 MSE on labels normalised to [-1, 1]; validation MAE per parameter in normalised and physical
-units; Adam with an optional LARS trust ratio; linear warm-up then a configurable decay.
+units; the configured optimizer (`optim`, a Hydra `_partial_`: it gets the parameters here)
+with an optional LARS trust ratio on its update (`lars`); linear warm-up then a configurable
+decay (`schedule`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import lightning as L
 import torch
 from torch import nn
 
+from src.errors import ConfigError
 from src.models.lars import clip_relative_update_, lars_targets
 
 DECAYS = ("constant", "cosine", "linear")
@@ -23,11 +27,7 @@ class CosmoRegressor(L.LightningModule):
         net: nn.Module,
         param_names: list[str],
         param_ranges: dict,
-        lr: float = 1e-3,
-        betas=(0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        fused: bool | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer],
         lars: dict | None = None,
         warmup_steps: int = 0,
         decay: str = "cosine",
@@ -36,8 +36,12 @@ class CosmoRegressor(L.LightningModule):
     ):
         super().__init__()
         if decay not in DECAYS:
-            raise ValueError(f"optim.decay={decay!r}; choose one of {DECAYS}")
-        self.save_hyperparameters(ignore=["net"])
+            raise ConfigError(f"schedule.decay={decay!r}; choose one of {DECAYS}")
+        if not callable(optimizer):
+            raise ConfigError(f"optim={optimizer!r} must build an optimizer from the parameters "
+                              "(a _target_ with _partial_: true)")
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.optimizer = optimizer
         self.net = net
         self.param_names = list(param_names)
         # half-widths map a normalised error back to physical units
@@ -94,16 +98,14 @@ class CosmoRegressor(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # torch's load_state_dict replaces the param groups' settings with the saved ones: keep
         # this run's fused choice (a checkpoint from before it would turn the fused kernel off)
+        fused = getattr(self.optimizer, "keywords", {}).get("fused")
         for state in checkpoint.get("optimizer_states", []):
             for group in state.get("param_groups", []):
-                group["fused"] = self.hparams.fused
+                if "fused" in group:
+                    group["fused"] = fused
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.Adam(
-            self.net.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay,
-            fused=hp.fused,
-        )
+        opt = self.optimizer(self.net.parameters())
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

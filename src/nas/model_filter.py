@@ -16,13 +16,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from src.errors import FilterError
 from src.perf.flops import flops_per_sample
 
 log = logging.getLogger(__name__)
-
-
-class FilterError(ValueError):
-    """No width/depth lands within the tolerance of the target."""
 
 
 def count_cost(build: Callable[[], nn.Module], input_shape: Sequence[int]) -> dict:

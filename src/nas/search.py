@@ -18,23 +18,21 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from src.errors import SearchError
+from src.layers.genotype import Genotype
 from src.nas.architect import Architect
-from src.nas.genotype import Genotype
 from src.nas.supernet import SearchNetwork
+from src.util.atomic import atomic_path
+from src.util.progress import Progress
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "search_checkpoint.pt"
 CHECKPOINT_KEYS = ("model", "w_optimizer", "a_optimizer", "epoch", "history", "rng")
-
-
-class SearchError(ValueError):
-    """A bad search input: an unreadable or mismatching checkpoint, an unusable device."""
 
 
 def endless(loader):
@@ -47,15 +45,6 @@ def endless(loader):
             yield batch
         if empty:
             raise SearchError("the validation loader yields no batches")
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
 
 
 class Searcher:
@@ -111,9 +100,8 @@ class Searcher:
 
     def save(self) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(self.checkpoint_path)  # atomic: a killed run never leaves half a file
+        with atomic_path(self.checkpoint_path) as tmp:  # a killed run never leaves half a file
+            torch.save(self.state_dict(), tmp)
         return self.checkpoint_path
 
     def load(self, path: str | Path) -> None:
@@ -163,39 +151,43 @@ class Searcher:
     def fit(self, train_loader, val_loader) -> Genotype:
         n_batches = len(train_loader)
         steps = n_batches if self.max_steps is None else min(n_batches, int(self.max_steps))
-        with _progress(self.progress) as bar:
-            while self.epoch < self.epochs and not self.stopped_early:
-                t0 = time.perf_counter()
-                self.model.train()
-                lr = self.lr_at(self.epoch)
-                for group in self.w_optimizer.param_groups:
-                    group["lr"] = lr
-                search_alphas = self.epoch >= self.warmup_epochs
-                task = (bar.add_task(f"search epoch {self.epoch + 1}/{self.epochs}", total=steps,
-                                     info="") if bar is not None else None)
-                w_losses, a_losses = [], []
-                for loader in (train_loader, val_loader):
-                    # a fresh shuffle each epoch (and the same one again after a resume)
-                    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-                        loader.sampler.set_epoch(self.epoch)
-                val_iter = endless(val_loader)
-                device = next(self.model.parameters()).device
-                for step, (x, y) in enumerate(train_loader):
-                    if step >= steps:
-                        break
-                    x, y = x.to(device), y.to(device)
-                    if search_alphas:
-                        xv, yv = (t.to(device) for t in next(val_iter))
-                        a_losses.append(self.architect.step((x, y), (xv, yv), xi=lr,
-                                                            w_optimizer=self.w_optimizer))
-                    w_losses.append(self._weight_step(x, y))
-                    if bar is not None:
-                        bar.update(task, advance=1, info=f"loss {w_losses[-1]:.4f}")
-                self.epoch += 1
-                self._end_epoch(w_losses, a_losses, lr, time.perf_counter() - t0)
-                self.save()
+        while self.epoch < self.epochs and not self.stopped_early:
+            t0 = time.perf_counter()
+            lr = self.lr_at(self.epoch)
+            with Progress(steps, f"search epoch {self.epoch + 1}/{self.epochs}", "step",
+                          enabled=self.progress) as bar:
+                w_losses, a_losses = self._run_epoch(train_loader, val_loader, steps, lr, bar)
+            self.epoch += 1
+            self._end_epoch(w_losses, a_losses, lr, time.perf_counter() - t0)
+            self.save()
         return self.best_genotype if self.best_genotype is not None else self.model.genotype(
             self.max_skip)
+
+    def _run_epoch(self, train_loader, val_loader, steps: int, lr: float, bar: Progress):
+        """One epoch: per train batch an architect step on a val batch (after the warm-up)
+        and a weight step; returns (weight losses, architect losses)."""
+        self.model.train()
+        for group in self.w_optimizer.param_groups:
+            group["lr"] = lr
+        search_alphas = self.epoch >= self.warmup_epochs
+        for loader in (train_loader, val_loader):
+            # a fresh shuffle each epoch (and the same one again after a resume)
+            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+                loader.sampler.set_epoch(self.epoch)
+        val_iter = endless(val_loader)
+        device = next(self.model.parameters()).device
+        w_losses, a_losses = [], []
+        for step, (x, y) in enumerate(train_loader):
+            if step >= steps:
+                break
+            x, y = x.to(device), y.to(device)
+            if search_alphas:
+                xv, yv = (t.to(device) for t in next(val_iter))
+                a_losses.append(self.architect.step((x, y), (xv, yv), xi=lr,
+                                                    w_optimizer=self.w_optimizer))
+            w_losses.append(self._weight_step(x, y))
+            bar.advance(info=f"loss {w_losses[-1]:.4f}")
+        return w_losses, a_losses
 
     def _end_epoch(self, w_losses, a_losses, lr, seconds) -> None:
         capped = self.model.genotype(self.max_skip)

@@ -13,13 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.nas.genotype import Genotype, derive_genotype, edge_softmax
-from src.nas.ops import PRIMITIVES, ConvBNAct, FactorizedReduce, cell_stack, make_op
-
-
-def default_reductions(n_cells: int) -> list[int]:
-    """The paper's layout (cells 1, 5 and 13 of 16) scaled to another depth."""
-    return sorted({min(n_cells - 1, round(r * n_cells / 16)) for r in (0, 4, 12)})
+from src.errors import ConfigError
+from src.layers.blocks import HIDDEN, NEGATIVE_SLOPE, ConvBNAct, DenseHead
+from src.layers.cells import cell_stack, default_reductions
+from src.layers.genotype import Genotype
+from src.layers.ops import PRIMITIVES, FactorizedReduce, make_op
+from src.nas.derive import derive_genotype, edge_softmax
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -31,15 +30,16 @@ class MixedOp(nn.Module):
     """sum_o softmax(alpha)_o * o(x). With partial channels (PC-DARTS) only 1/k of the channels
     go through the ops, the rest bypass them, which cuts activation memory about k-fold."""
 
-    def __init__(self, C: int, stride: int, pc_k: int = 1):
+    def __init__(self, C: int, stride: int, pc_k: int = 1,
+                 negative_slope: float = NEGATIVE_SLOPE):
         super().__init__()
         if C % pc_k:
-            raise ValueError(f"partial channels: C={C} is not divisible by pc_k={pc_k}")
+            raise ConfigError(f"partial channels: C={C} is not divisible by pc_k={pc_k}")
         self.stride, self.pc_k = stride, pc_k
         c = C // pc_k
         ops = []
         for name in PRIMITIVES:
-            op = make_op(name, c, stride, affine=False)
+            op = make_op(name, c, stride, affine=False, negative_slope=negative_slope)
             if "pool" in name:
                 # as in DARTS: pools carry no BN of their own, so their scale would drift
                 op = nn.Sequential(op, nn.BatchNorm3d(c, affine=False))
@@ -60,18 +60,20 @@ class MixedOp(nn.Module):
 
 
 class SearchCell(nn.Module):
-    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, pc_k=1):
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, pc_k=1,
+                 negative_slope: float = NEGATIVE_SLOPE):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.out_channels = multiplier * C
-        self.pre0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
-                     else ConvBNAct(C_pp, C, 1, affine=False))
-        self.pre1 = ConvBNAct(C_p, C, 1, affine=False)
+        slope = negative_slope
+        self.pre0 = (FactorizedReduce(C_pp, C, affine=False, negative_slope=slope)
+                     if reduction_prev else ConvBNAct(C_pp, C, 1, affine=False, negative_slope=slope))
+        self.pre1 = ConvBNAct(C_p, C, 1, affine=False, negative_slope=slope)
         self.edges = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, pc_k))
+                self.edges.append(MixedOp(C, stride, pc_k, slope))
 
     def forward(self, s0, s1, weights, edge_weights=None):
         states = [self.pre0(s0), self.pre1(s1)]
@@ -94,10 +96,8 @@ class SearchNetwork(nn.Module):
     def __init__(self, in_channels: int, n_params: int, C: int = 8, n_cells: int = 8,
                  reductions: list[int] | None = None, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3, pc_k: int = 1, edge_norm: bool | None = None,
-                 hidden=(128, 64), dropout: float = 0.0, negative_slope: float = 0.3):
+                 hidden=HIDDEN, dropout: float = 0.0, negative_slope: float = NEGATIVE_SLOPE):
         super().__init__()
-        from src.models.cosmoflow import DenseHead  # downhill: nas -> models' shared head
-
         self.steps, self.multiplier = steps, multiplier
         self.reductions = list(default_reductions(n_cells) if reductions is None else reductions)
         # PC-DARTS pairs partial channels with edge normalisation to steady edge selection
@@ -110,7 +110,8 @@ class SearchNetwork(nn.Module):
         self.stem, self.cells, C_p = cell_stack(
             in_channels, C, stem_multiplier, n_cells, self.reductions,
             lambda C_pp, C_p, C_curr, red, red_prev: SearchCell(
-                steps, multiplier, C_pp, C_p, C_curr, red, red_prev, pc_k))
+                steps, multiplier, C_pp, C_p, C_curr, red, red_prev, pc_k, negative_slope),
+            negative_slope)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.head = DenseHead(C_p, n_params, tuple(hidden), dropout, negative_slope)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import ctypes
 import logging
 
+from src.errors import MallocConfigError
+
 log = logging.getLogger(__name__)
 
 # mallopt() parameters, from glibc's <malloc.h>
@@ -26,10 +28,6 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 # mallopt takes an int: the largest threshold it can express, in MiB
 MAX_BLOCK_MIB = (2**31 - 1) >> 20
-
-
-class MallocConfigError(ValueError):
-    """A bad `speed.malloc_keep_mib`."""
 
 
 def keep_freed_memory(max_block_mib: int) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
 import socket
 import time
@@ -25,9 +24,12 @@ from pathlib import Path
 
 import torch
 
+from src.util.atomic import write_json_atomic
+from src.util.cache import cache_root
+from src.util.cpuinfo import cpu_model
+
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = "~/.cache/saih-cosmo"
 CACHE_VERSION = 1
 
 T = 1e12
@@ -73,7 +75,8 @@ PEAK_TABLE: dict[str, dict[str, float]] = {
                "fp16": 1307.4 * T, "fp8": 2614.9 * T},
 }
 
-_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "tf32": torch.float32,
+# the torch dtype each peak column is measured in
+PEAK_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "tf32": torch.float32,
            "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -140,7 +143,7 @@ def machine_key(device: torch.device | str = "cpu") -> str:
     """What a measured number depends on: host, processor, torch, thread count."""
     device = torch.device(device)
     if device.type == "cpu":
-        proc = _cpu_model()
+        proc = cpu_model()
         threads = torch.get_num_threads()
     else:
         proc = torch.cuda.get_device_name(device)
@@ -149,19 +152,8 @@ def machine_key(device: torch.device | str = "cpu") -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw)[:200]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cache_path(cache_dir: str | os.PathLike | None, device) -> Path:
-    root = Path(os.path.expanduser(str(cache_dir or DEFAULT_CACHE_DIR)))
-    return root / f"peak-{machine_key(device)}.json"
+    return cache_root(cache_dir) / f"peak-{machine_key(device)}.json"
 
 
 def _read_cache(path: Path) -> dict:
@@ -176,9 +168,7 @@ def _write_cache(path: Path, data: dict) -> None:
     # Atomic replace: several ranks of one machine may measure and write at once.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**data, "version": CACHE_VERSION}, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, {**data, "version": CACHE_VERSION})
     except OSError as err:  # a read-only home must not break training
         log.warning("cannot write peak cache %s: %s", path, err)
 
@@ -208,7 +198,7 @@ def measure_matmul_flops(device: torch.device | str = "cpu", dtype: str = "fp32"
     CPU, 2048 on GPU: a noisy first timing must not pin it small) and grows until one matmul
     takes >= 5 ms, so call overhead is negligible; then repeats until `budget_s` is spent."""
     device = torch.device(device)
-    tdtype = _DTYPES[dtype]
+    tdtype = PEAK_DTYPES[dtype]
     prev = None
     if dtype in ("tf32", "fp32") and device.type == "cuda":
         prev = torch.backends.cuda.matmul.allow_tf32
@@ -283,7 +273,7 @@ def peak_flops(device: torch.device | str = "cpu", dtype: str = "fp32",
         if chip and dtype in PEAK_TABLE[chip]:
             return PEAK_TABLE[chip][dtype], f"table:{chip}"
         log.warning("no spec-sheet peak for %r (%s); measuring a matmul", name, dtype)
-    if dtype not in _DTYPES:
+    if dtype not in PEAK_DTYPES:
         dtype = "fp32"  # fp8 has no portable matmul to measure
     value = _cached(cache_dir, device, f"matmul_{dtype}",
                     lambda: measure_matmul_flops(device, dtype, budget_s))

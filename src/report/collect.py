@@ -17,10 +17,7 @@ from typing import Any
 
 import yaml
 
-
-class ReportError(ValueError):
-    """Bad report input; the message names the offending path."""
-
+from src.errors import ReportError
 
 # Row keys written first in runs.csv, in this order; the rest follow sorted.
 LEAD_COLUMNS = [

@@ -36,19 +36,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.sim.cosmology import SimConfigError, SimError, SimStorageError
+from src.errors import DataError, SimConfigError, SimError, SimStorageError
 from src.sim.nbody import SimSpec, Simulation, describe
 from src.sim.store import (
     MANIFEST_NAME,
     PARAM_NAMES,
-    TMP_SUFFIX,
-    DataError,
     inspect_simulation,
     rebuild_manifest,
     sim_filename,
     verify_simulation,
     write_simulation,
 )
+from src.util.atomic import TMP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +456,8 @@ def _work(comm, job, threads):
 
 
 def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir) -> dict:
-    """Run (or complete) a campaign; returns a summary dict (same on every MPI rank)."""
+    """Run (or complete) a campaign; returns a summary dict (the same on every MPI rank but for
+    `rank`, this process's)."""
     t_start = time.perf_counter()
     spec = SimSpec.from_config(sim_cfg)
     settings = _campaign_settings(camp_cfg, spec)
@@ -519,7 +519,7 @@ def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir) -> dict:
             result, error = comm.bcast((result, error), root=0)
         if error is not None:
             raise error
-        return result
+        return {**result, "rank": rank}
     finally:
         if lock is not None:
             lock.close()  # releases the flock

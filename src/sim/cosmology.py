@@ -14,17 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-class SimError(ValueError):
-    """Base of every error of the simulation room (a ValueError: bad input or bad state)."""
-
-
-class SimConfigError(SimError):
-    """A configuration value the simulation code cannot use; the message names the key."""
-
-
-class SimStorageError(SimError):
-    """The output location cannot take the data (not writable, disk full)."""
+from src.errors import SimConfigError
 
 
 @dataclass(frozen=True)

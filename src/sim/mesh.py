@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from src.sim.cosmology import SimConfigError
+from src.errors import SimConfigError
 
 
 def wavenumbers(n: int, device, dtype=torch.float32, spacing: float = 1.0):

@@ -19,30 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from src.sim.cosmology import Growth, LinearPower, SimConfigError, cosmology_from
+from src.errors import SimConfigError
+from src.sim.cosmology import Growth, LinearPower, cosmology_from
 from src.sim.initial import lattice, linear_delta_k, lpt_displacements, white_noise
 from src.sim.mesh import cube_root, histogram, pm_forces, split_subvolumes
+from src.util.devices import resolve_device
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")  # torch dtypes the particles and meshes may use
 _GRADIENTS = ("fd4", "exact")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> a CUDA device (round-robin over local ranks) when present, else CPU."""
-    name = str(name)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise SimConfigError("sim.device=cuda but no CUDA device is visible")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    try:
-        dev = torch.device(name)
-    except RuntimeError as err:
-        raise SimConfigError(f"sim.device={name!r} is not a torch device") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SimConfigError(f"sim.device={name} but no CUDA device is visible")
-    return dev
 
 
 @dataclass(frozen=True)
@@ -108,8 +92,8 @@ class SimSpec:
         if order not in (1, 2):
             raise SimConfigError(f"sim.lpt_order={order} must be 1 or 2")
         dtype = str(get("dtype"))
-        if dtype not in _DTYPES:
-            raise SimConfigError(f"sim.dtype={dtype!r} is not one of {sorted(_DTYPES)}")
+        if dtype not in DTYPES:
+            raise SimConfigError(f"sim.dtype={dtype!r} is not one of {list(DTYPES)}")
         force = get("force")
         if force.get("gradient") not in _GRADIENTS:
             raise SimConfigError(f"sim.force.gradient={force.get('gradient')!r} not in {_GRADIENTS}")
@@ -143,8 +127,8 @@ class Simulation:
         self.spec = spec
         self.params = dict(params)
         self.seed = int(seed)
-        self.device = resolve_device(spec.device, local_rank)
-        self.dtype = _DTYPES[spec.dtype]
+        self.device = resolve_device(spec.device, "sim.device", local_rank, error=SimConfigError)
+        self.dtype = getattr(torch, spec.dtype)
         self.cosmo = cosmology_from(params, spec.fixed)
         self.power = LinearPower(self.cosmo, spec.power_numerics)
         self.growth = Growth(self.cosmo, spec.growth_numerics)
@@ -244,4 +228,4 @@ def describe(spec: SimSpec) -> str:
             f"{spec.grid}^3 voxels -> {spec.n_sub} x {spec.grid // cube_root(spec.n_sub)}^3")
 
 
-__all__ = ["SimSpec", "Simulation", "resolve_device", "particle_steps", "describe"]
+__all__ = ["SimSpec", "Simulation", "particle_steps", "describe"]

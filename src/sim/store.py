@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from src.errors import DataError
+from src.util.atomic import atomic_path, write_json_atomic
+
 CONTRACT_VERSION = "1"
 PARAM_NAMES = ("Omega_M", "sigma_8", "n_s")
 MANIFEST_NAME = "manifest.json"
 FILE_PATTERN = "sim_{:06d}.h5"
-TMP_SUFFIX = ".tmp"
-
-
-class DataError(ValueError):
-    """Bad or inconsistent data on disk; the message names the file."""
 
 
 def sim_filename(sim_id: int) -> str:
@@ -39,17 +36,6 @@ def file_checksum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _tmp_path(final: Path) -> Path:
-    """`final`'s temporary name: unique per process, so two writers never share one."""
-    return final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
-
-
-def _atomic_rename(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def write_simulation(path: str | Path, x: np.ndarray, y: np.ndarray, attrs: Mapping) -> dict:
     """Write one simulation file atomically; returns its `sha256` and `bytes`."""
     path = Path(path)
@@ -61,17 +47,14 @@ def write_simulation(path: str | Path, x: np.ndarray, y: np.ndarray, attrs: Mapp
         raise DataError(f"{path}: y must be [n_params], got shape {tuple(y.shape)}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise DataError(f"{path}: refusing to write NaN/inf values")
-    tmp = _tmp_path(path)
     try:
-        with h5py.File(tmp, "w") as fh:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
             fh.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
             fh.create_dataset("y", data=y)
             for key, value in attrs.items():
                 fh.attrs[key] = value
             fh.attrs["contract_version"] = CONTRACT_VERSION
-        _atomic_rename(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: could not write simulation file ({err})") from err
     return {"sha256": file_checksum(path), "bytes": path.stat().st_size}
 
@@ -118,16 +101,12 @@ def verify_simulation(path: str | Path, entry: Mapping | None = None, full: bool
 def write_manifest(data_dir: str | Path, manifest: Mapping) -> Path:
     data_dir = Path(data_dir)
     final = data_dir / MANIFEST_NAME
-    tmp = _tmp_path(final)
     payload = dict(manifest)
     payload.setdefault("contract_version", CONTRACT_VERSION)
     payload["files"] = sorted(payload.get("files", []), key=lambda e: int(e["id"]))
     try:
-        with open(tmp, "w") as fh:
-            json.dump(payload, fh, indent=1)
-        _atomic_rename(tmp, final)
+        write_json_atomic(final, payload)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{final}: could not write the manifest ({err})") from err
     return final
 

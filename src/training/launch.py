@@ -4,7 +4,7 @@ Lightning's own `ddp` launcher re-runs `sys.argv` in its child processes. Under 
 multirun that argv holds the whole sweep, so children re-run every job, and a second job
 inherits the first job's LOCAL_RANK and never starts its ranks. We launch instead: the job's
 resolved config goes to `<job dir>/.launch/config.yaml` and `num_nodes x devices` fresh
-processes run `python -m src.launch <that file>` with the torch.distributed variables set,
+processes run `python -m src.training.launch <that file>` with the torch.distributed variables set,
 like torchrun does. Nothing leaks from one job to the next, and a crashed job cannot take
 the sweep down. `num_nodes > 1` on one machine is emulated: one process group spans all
 "nodes" over loopback.
@@ -13,47 +13,24 @@ the sweep down. `num_nodes > 1` on one machine is emulated: one process group sp
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lightning.fabric.plugins.environments import (
-    LSFEnvironment,
-    SLURMEnvironment,
-    TorchElasticEnvironment,
-)
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.training import METRICS_FILE, config_fingerprint
+from src.dist import CHILD_FLAG, EMULATED_FLAG, cluster_launched, launched_rank_is_zero
+from src.errors import LaunchError, UserError
+from src.training.fit import fit_job
+from src.training.records import record_failure, recorded_error
+from src.util.procs import die_with_parent
 
 log = logging.getLogger(__name__)
-
-CHILD_FLAG = "SAIH_LAUNCHED"
-# set in every rank when several "nodes" share this machine (all ranks see the same cores)
-EMULATED_FLAG = "SAIH_EMULATED_NODES"
-
-
-class LaunchError(RuntimeError):
-    pass
-
-
-def cluster_launched() -> bool:
-    """True when something else already started this process as one rank of many."""
-    # Not a bare LOCAL_RANK: Lightning leaves one behind in os.environ after an in-process
-    # job, and trusting it made the next multirun job run with the wrong world size.
-    if os.environ.get(CHILD_FLAG):
-        return True
-    if any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment)):
-        return True
-    mpi_world = os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))
-    return int(mpi_world) > 1
 
 
 def local_devices(trainer_cfg) -> int:
@@ -61,8 +38,6 @@ def local_devices(trainer_cfg) -> int:
     devices = trainer_cfg.get("devices", 1)
     if devices in ("auto", -1, "-1"):
         if trainer_cfg.get("accelerator") in ("gpu", "cuda"):
-            import torch
-
             return max(1, torch.cuda.device_count())
         return 1
     if isinstance(devices, str) and "," in devices:  # "0,1": a list of device ids
@@ -103,14 +78,6 @@ def free_port(addr: str) -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM if the launching process dies (even by SIGKILL).
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def launch_local(cfg: DictConfig) -> Path:
     """Run the job's ranks as local processes; returns the job dir. Raises LaunchError."""
     out_dir = Path(cfg.paths.output_dir)
@@ -121,10 +88,8 @@ def launch_local(cfg: DictConfig) -> Path:
     launch_dir = out_dir / ".launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = launch_dir / "config.yaml"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["emulated_nodes"] = nodes > 1
-    resolved["config_hash"] = config_fingerprint(cfg)  # of the job as asked, before our additions
-    cfg_path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    # the job as asked, nothing added: each rank's config hash is the one a rerun compares
+    cfg_path.write_text(OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))))
 
     threads = cfg.launch.get("threads_per_rank") or max(1, (os.cpu_count() or 1) // world)
     port = free_port(cfg.launch.master_addr)
@@ -147,11 +112,11 @@ def launch_local(cfg: DictConfig) -> Path:
         procs.append(
             (
                 subprocess.Popen(
-                    [sys.executable, "-m", "src.launch", str(cfg_path)],
+                    [sys.executable, "-m", "src.training.launch", str(cfg_path)],
                     env=env,
                     stdout=log_file,
                     stderr=subprocess.STDOUT if log_file else None,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 ),
                 log_file,
             )
@@ -192,36 +157,23 @@ def _wait(procs, grace_s: float, launch_dir: Path) -> None:
     if bad:
         rank, code = bad[0]
         if rank == 0:
-            detail = _rank0_error(launch_dir.parent) or "see the console output above"
+            detail = recorded_error(launch_dir.parent) or "see the console output above"
         else:
             log_path = launch_dir / f"rank{rank}.log"
             detail = f"see {log_path}\n" + "\n".join(log_path.read_text().splitlines()[-15:])
         raise LaunchError(f"rank {rank} exited with code {code}: {detail}")
 
 
-def _rank0_error(out_dir: Path) -> str | None:
-    """The error rank 0 recorded in the job's metrics.json, if it got that far."""
-    try:
-        saved = json.loads((out_dir / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return saved.get("error") if saved.get("status") == "failed" else None
-
-
 def main(cfg_path: str) -> None:
-    import torch
-
-    from src.training import BAD_INPUT_ERRORS, fit_job, record_failure
-
     cfg = OmegaConf.load(cfg_path)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
         fit_job(cfg)
     except Exception as err:
-        rank0 = os.environ.get("NODE_RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+        rank0 = launched_rank_is_zero()
         if rank0:
             record_failure(Path(cfg.paths.output_dir), err)
-        if isinstance(err, BAD_INPUT_ERRORS):
+        if isinstance(err, UserError):
             # bad input: rank 0's error reaches the user once, through the launcher
             if not rank0:
                 print(f"error: {err}", file=sys.stderr)

@@ -2,14 +2,13 @@
 gradient and a gather-form correlation (dilated forwards, strided/dilated input gradients),
 and training-mode BatchNorm + LeakyReLU fused.
 
-Built on first use with torch's C++ extension machinery (g++ and ninja, about 30 s on two
-cores) into `~/.cache/saih-cosmo/kernels/`, once per processor, torch version and source;
-later processes only load it. Compiled for the processor it runs on (`-march=native`), so the
+Built on first use with torch's C++ extension machinery (g++ and ninja) into
+`~/.cache/saih-cosmo/kernels/`, once per processor, torch version and source; later processes
+only load it. Compiled for the processor it runs on (`-march=native`), so the
 build directory is keyed by the processor's model and flags (a shared home on a mixed cluster
 builds one per kind of node). If it cannot be built (no compiler), training falls back to the
 pure-PyTorch formulations (`depthwise.py`, torch's BatchNorm and LeakyReLU) after one warning.
-
-    SAIH_CPU_KERNEL=0   # never build or use it
+`speed.cpu_kernels=false` (`set_enabled(False)`) never builds or uses it.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from src.perf.peak import DEFAULT_CACHE_DIR
+from src.util.cache import cache_root
+from src.util.cpuinfo import cpu_signature
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 MAX_KERNEL_WIDTH = 7  # the widths the C++ dispatch instantiates
 DTYPES = (torch.float32, torch.bfloat16)  # what the kernels read and write
 
-_enabled = os.environ.get("SAIH_CPU_KERNEL", "1") not in ("0", "false", "False", "")
+_enabled = True
 _module = None
 _failed = False
 
@@ -45,20 +45,11 @@ def set_enabled(enabled: bool) -> bool:
     return previous
 
 
-def _cpu_signature() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return sys.platform
-    wanted = ("model name", "flags")
-    return "\n".join(sorted({ln for ln in lines if ln.split(":", 1)[0].strip() in wanted}))
-
-
 def build_name() -> str:
     """Extension name: changes with the source, flags, torch version and processor."""
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode(),
-                 _cpu_signature().encode()):
+                 cpu_signature().encode()):
         h.update(part)
     return f"saih_depthwise_{h.hexdigest()[:16]}"
 
@@ -75,7 +66,7 @@ def _put_ninja_on_path() -> None:
 
 def _build_dir(name: str) -> Path:
     """~/.cache/saih-cosmo/kernels/<name>, or under the temp dir where the home is read-only."""
-    for root in (Path(os.path.expanduser(DEFAULT_CACHE_DIR)),
+    for root in (cache_root(),
                  Path(tempfile.gettempdir()) / f"saih-cosmo-{os.getuid()}"):
         path = root / "kernels" / name
         try:
@@ -102,7 +93,7 @@ def load():
             build_dir = _build_dir(name)
             if not any(build_dir.glob("*.so")):
                 print(f"saih-cosmo: compiling the CPU kernels into {build_dir} "
-                      "(once per machine, ~30 s)", file=sys.stderr, flush=True)
+                      "(once per machine, well under a minute)", file=sys.stderr, flush=True)
             _module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
                                          extra_ldflags=["-fopenmp"],
                                          build_directory=str(build_dir), verbose=False)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
-from src.nas import cpu_kernels
+from src.kernels import cpu_kernels
 
 _ENABLED = os.environ.get("SAIH_FAST_DEPTHWISE", "1") not in ("0", "false", "False", "")
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.models.cosmoflow import MaxPool3dKeepDtype
-from src.nas import cpu_kernels
-from src.nas.depthwise import has_hooks, memory_format, run_avg_pool, run_depthwise
+from src.errors import GenotypeError
+from src.kernels.depthwise import has_hooks, memory_format, run_avg_pool, run_depthwise
+from src.layers.blocks import NEGATIVE_SLOPE, MaxPool3dKeepDtype, bn_act, leaky_relu
 
 # Order matters: it is the column order of the alphas and is written into every genotype file.
 PRIMITIVES: tuple[str, ...] = (
@@ -29,49 +29,17 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5",
 )
 
-NEGATIVE_SLOPE = 0.3  # LeakyReLU slope, CosmoFlow's (the small model's) value
-
-
-def _act() -> nn.Module:
-    # not in-place: the op outputs are summed by mixed ops and autograd needs them intact
-    return nn.LeakyReLU(NEGATIVE_SLOPE)
-
-
-def bn_act(bn: nn.BatchNorm3d, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`act(bn(x))`; in CPU training the BatchNorm and the LeakyReLU run as one compiled kernel
-    (`cpu_kernels.bn_leaky_relu`: 4 passes over the tensor instead of ~14, and the BN output
-    is not kept for the backward). Modules with hooks (thop, traffic counting) are called."""
-    if isinstance(act, nn.LeakyReLU) and not (has_hooks(bn) or has_hooks(act)):
-        y = cpu_kernels.bn_leaky_relu(x, bn, act.negative_slope)
-        if y is not None:
-            return y
-    return act(bn(x))
-
-
-class ConvBNAct(nn.Sequential):
-    """Plain k^3 convolution + BN + LeakyReLU (stem, 1x1 preprocessing)."""
-
-    def __init__(self, C_in, C_out, kernel_size=1, stride=1, padding=0, affine=True):
-        super().__init__(
-            nn.Conv3d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm3d(C_out, affine=affine),
-            _act(),
-        )
-
-    def forward(self, x):
-        return bn_act(self[1], self[2], self[0](x))
-
-
 class DilConv(nn.Sequential):
     """Depthwise k^3 (dilated) + pointwise conv, then BN + LeakyReLU."""
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True,
+                 negative_slope: float = NEGATIVE_SLOPE):
         super().__init__(
             nn.Conv3d(C_in, C_in, kernel_size, stride=stride, padding=padding,
                       dilation=dilation, groups=C_in, bias=False),
             nn.Conv3d(C_in, C_out, 1, bias=False),
             nn.BatchNorm3d(C_out, affine=affine),
-            _act(),
+            leaky_relu(negative_slope),
         )
 
     def forward(self, x):
@@ -83,10 +51,11 @@ class DilConv(nn.Sequential):
 class SepConv(nn.Sequential):
     """Two separable blocks as in DARTS; only the first one strides."""
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True,
+                 negative_slope: float = NEGATIVE_SLOPE):
         super().__init__(
-            DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine),
-            DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine),
+            DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine, negative_slope),
+            DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine, negative_slope),
         )
 
 
@@ -113,7 +82,7 @@ class Zero(nn.Module):
 class _EvenOddVoxels(torch.autograd.Function):
     """(x[..., ::2, ::2, ::2], x[..., 1::2, 1::2, 1::2]) in x's memory layout. The backward
     writes both gradients into one zero tensor: no full-size pad, slice or stride-2 conv
-    gradients to fill, copy and add (on the medium net's 32^3 stem output: ~100 ms a step)."""
+    gradients to fill, copy and add."""
 
     @staticmethod
     def forward(ctx, x):
@@ -140,13 +109,13 @@ class FactorizedReduce(nn.Module):
     """Halve the resolution without losing every other voxel: two 1x1 stride-2 convs, the
     second on the input shifted by one voxel along each axis, concatenated on channels."""
 
-    def __init__(self, C_in, C_out, affine=True):
+    def __init__(self, C_in, C_out, affine=True, negative_slope: float = NEGATIVE_SLOPE):
         super().__init__()
         c1 = C_out // 2
         self.conv_1 = nn.Conv3d(C_in, c1, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv3d(C_in, C_out - c1, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm3d(C_out, affine=affine)
-        self.act = _act()
+        self.act = leaky_relu(negative_slope)
 
     def forward(self, x):
         if all(n % 2 == 0 for n in x.shape[2:]) and not (has_hooks(self.conv_1)
@@ -173,7 +142,7 @@ class Pool(nn.Module):
 
     def forward(self, x):
         y = run_avg_pool(self.pool, x) if isinstance(self.pool, nn.AvgPool3d) else None
-        if y is None:  # CPU training takes the depthwise-conv path above (~3x faster)
+        if y is None:  # CPU training takes the depthwise-conv path above (faster)
             y = self._torch_pool(x)
         # torch's CPU 3D pools return the contiguous layout for channels_last_3d input; a pool
         # output summed with a conv output would then turn the node sum, the cell's concat and
@@ -193,46 +162,23 @@ class Pool(nn.Module):
         return self.pool(x)
 
 
-OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
-    "none": lambda C, stride, affine: Zero(stride),
-    "max_pool_3": lambda C, stride, affine: Pool("max", stride),
-    "avg_pool_3": lambda C, stride, affine: Pool("avg", stride),
-    "skip_connect": lambda C, stride, affine: (
-        Identity() if stride == 1 else FactorizedReduce(C, C, affine)
+# name -> factory(C, stride, affine, negative_slope)
+OPS: dict[str, Callable[[int, int, bool, float], nn.Module]] = {
+    "none": lambda C, stride, affine, slope: Zero(stride),
+    "max_pool_3": lambda C, stride, affine, slope: Pool("max", stride),
+    "avg_pool_3": lambda C, stride, affine, slope: Pool("avg", stride),
+    "skip_connect": lambda C, stride, affine, slope: (
+        Identity() if stride == 1 else FactorizedReduce(C, C, affine, slope)
     ),
-    "sep_conv_3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),
-    "sep_conv_5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine),
-    "dil_conv_3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
-    "dil_conv_5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
+    "sep_conv_3": lambda C, stride, affine, slope: SepConv(C, C, 3, stride, 1, affine, slope),
+    "sep_conv_5": lambda C, stride, affine, slope: SepConv(C, C, 5, stride, 2, affine, slope),
+    "dil_conv_3": lambda C, stride, affine, slope: DilConv(C, C, 3, stride, 2, 2, affine, slope),
+    "dil_conv_5": lambda C, stride, affine, slope: DilConv(C, C, 5, stride, 4, 2, affine, slope),
 }
 
 
-def make_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
+def make_op(name: str, C: int, stride: int, affine: bool = True,
+            negative_slope: float = NEGATIVE_SLOPE) -> nn.Module:
     if name not in OPS:
-        raise KeyError(f"unknown operation {name!r}; known: {sorted(OPS)}")
-    return OPS[name](C, stride, affine)
-
-
-def cell_stack(in_channels: int, C: int, stem_multiplier: int, n_cells: int,
-               reductions, make_cell) -> tuple[nn.Module, nn.ModuleList, int]:
-    """DARTS' skeleton, shared by the search supernet and the final network: a k=3 stem to
-    `stem_multiplier * C` channels, then `n_cells` cells, each fed by the two before it, with
-    the cell width doubling at each reduction cell.
-
-    `make_cell(C_pp, C_p, C, reduction, reduction_prev)` builds one cell, whose output has
-    `cell.out_channels` channels. Returns (stem, cells, channels of the last cell).
-    """
-    C_curr = stem_multiplier * C
-    stem = ConvBNAct(in_channels, C_curr, 3, padding=1)
-    C_pp, C_p, C_curr = C_curr, C_curr, C
-    cells = nn.ModuleList()
-    reduction_prev = False
-    for i in range(n_cells):
-        reduction = i in reductions
-        if reduction:
-            C_curr *= 2
-        cell = make_cell(C_pp, C_p, C_curr, reduction, reduction_prev)
-        cells.append(cell)
-        reduction_prev = reduction
-        C_pp, C_p = C_p, cell.out_channels
-    return stem, cells, C_p
+        raise GenotypeError(f"unknown operation {name!r}; known: {sorted(OPS)}")
+    return OPS[name](C, stride, affine, negative_slope)

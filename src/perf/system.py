@@ -10,16 +10,7 @@ from pathlib import Path
 import lightning
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from src.util.cpuinfo import cpu_model
 
 
 def system_info() -> dict:

@@ -1,0 +1,36 @@
+"""The report pipeline behind report.py: sweep dirs -> rows -> derived columns -> runs.csv,
+figures and summary.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from src.errors import ReportError
+from src.report.collect import collect, write_runs_csv
+from src.report.derive import derive
+from src.report.figures import make_all
+from src.report.summary import render
+
+
+def sweep_dirs(value) -> list[Path]:
+    """`sweep_dir` as given (one path or a list) -> the paths; ReportError when unset or empty."""
+    if value is None or value == "":
+        raise ReportError("sweep_dir is not set (python report.py sweep_dir=SWEEP)")
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise ReportError("sweep_dir is an empty list")
+    return [Path(str(p)).expanduser() for p in items]
+
+
+def build_report(sweeps: list[Path], rcfg: dict) -> dict:
+    """Write the report; returns {"summary": path, "runs_csv": path, "figures": [paths]}."""
+    rows, notes = collect(sweeps)
+    groups = derive(rows, rcfg["keys"]["strong_scaling"], rcfg["keys"]["weak_scaling"])
+    out_dir = Path(rcfg["out_dir"]).expanduser() if rcfg.get("out_dir") else sweeps[0] / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_csv = write_runs_csv(rows, out_dir / "runs.csv")
+    figures = make_all(rows, groups, out_dir, rcfg, notes) if rcfg.get("figures", True) else []
+    text = render(rows, groups, rcfg, [str(s) for s in sweeps], [f.name for f in figures], notes)
+    summary = out_dir / "summary.md"
+    summary.write_text(text, encoding="utf-8")
+    return {"summary": summary, "runs_csv": runs_csv, "figures": figures}
