@@ -38,6 +38,17 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _timed_runs(repeat: int, run):
+    """(the last result, the wall time of each) of `repeat` calls of `run`; callers keep the
+    best: the machine is shared, the quietest run is the code's own speed."""
+    out, walls = None, []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = run()
+        walls.append(time.perf_counter() - t0)
+    return out, walls
+
+
 def _sim_config(args) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -66,11 +77,7 @@ def worker_ours(args) -> dict:
     delta = torch.fft.irfftn(sim.initial_field_k(), s=(spec.n_particles,) * 3)
     np.save(args.work / "ic.npy", delta.numpy())
     rss0 = _peak_rss_bytes()
-    walls = []
-    for _ in range(args.repeat):  # best of N: the machine is shared, take the quietest run
-        t0 = time.perf_counter()
-        pos, _ = sim.evolve()
-        walls.append(time.perf_counter() - t0)
+    (pos, _), walls = _timed_runs(args.repeat, sim.evolve)
     wall = min(walls)
     rho = cic_paint(pos, spec.n_mesh)
     np.save(args.work / "rho_ours.npy", rho.numpy())
@@ -80,39 +87,29 @@ def worker_ours(args) -> dict:
             "threads": args.threads, "torch": torch.__version__}
 
 
-def worker_jaxpm(args) -> dict:
-    _pin(args.threads)
+def _xla_cpu_threads(threads: int) -> None:
+    """XLA reads its CPU threading flags once, when jax is imported: call this first."""
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
-                               + f" intra_op_parallelism_threads={args.threads}")
-    import jax
-    import jax.numpy as jnp
-    import jax_cosmo as jc
+                               + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
+                               + f" intra_op_parallelism_threads={threads}")
+
+
+def _kdk_factors(growth, a):
+    """The same FastPM KDK factors as src/sim/nbody.py (host-side growth tables), per step."""
     import numpy as np
-    from jaxpm.distributed import fft3d, ifft3d
-    from jaxpm.kernels import fftk, gradient_kernel, invlaplace_kernel
-    from jaxpm.painting import _cic_paint_impl, _cic_read_impl
-    from jaxpm.pm import lpt
 
-    from src.sim.cosmology import Growth, cosmology_from
-    from src.sim.nbody import SimSpec, particle_steps
-
-    spec = SimSpec.from_config(_sim_config(args))
-    ours = cosmology_from(PARAMS, spec.fixed)
-    growth = Growth(ours, spec.growth_numerics)
-    cosmo = jc.Cosmology(Omega_c=ours.omega_m - ours.omega_b, Omega_b=ours.omega_b, h=ours.h,
-                         n_s=ours.n_s, sigma8=ours.sigma_8, Omega_k=0.0, w0=-1.0, wa=0.0)
-    n, nm = spec.n_particles, spec.n_mesh
-    scale = nm / n
-    a = spec.time_grid()
-    # the same FastPM KDK factors as src/sim/nbody.py (host-side growth tables)
     ah = 0.5 * (a[:-1] + a[1:])
     k1 = (growth.gp(ah) - growth.gp(a[:-1])) / growth.d1(a[:-1])
     dr = (growth.d1(a[1:]) - growth.d1(a[:-1])) / growth.gp(ah)
     k2 = (growth.gp(a[1:]) - growth.gp(ah)) / growth.d1(a[1:])
-    factors = jnp.asarray(np.stack([k1, dr, k2], axis=1), dtype=jnp.float32)
-    ic = jnp.asarray(np.load(args.work / "ic.npy"))
-    mass = scale**3  # JaxPM paints unit masses: rescale to mean density 1 on the force mesh
+    return np.stack([k1, dr, k2], axis=1)
+
+
+def _jaxpm_force(nm: int, mass: float):
+    import jax.numpy as jnp
+    from jaxpm.distributed import fft3d, ifft3d
+    from jaxpm.kernels import fftk, gradient_kernel, invlaplace_kernel
+    from jaxpm.painting import _cic_paint_impl, _cic_read_impl
 
     def force(pos):
         # jaxpm.pm.pm_forces step by step: its public cic_paint/cic_read assume as many
@@ -123,9 +120,22 @@ def worker_jaxpm(args) -> dict:
         return jnp.stack([_cic_read_impl(ifft3d(-gradient_kernel(kvec, i) * pot_k).real, pos)
                           for i in range(3)], axis=-1)
 
+    return force
+
+
+def _jaxpm_evolve(cosmo, spec, a_init: float, factors):
+    """JaxPM's 2LPT start, then our KDK steps with JaxPM's forces: ic -> final positions."""
+    import jax
+    import jax.numpy as jnp
+    from jaxpm.pm import lpt
+
+    n, nm = spec.n_particles, spec.n_mesh
+    scale = nm / n
+    force = _jaxpm_force(nm, scale**3)  # JaxPM paints unit masses: mean density 1 on the mesh
+
     @jax.jit
     def evolve(ic):
-        dx, p, _ = lpt(cosmo, ic, a=float(a[0]), order=spec.lpt_order)
+        dx, p, _ = lpt(cosmo, ic, a=a_init, order=spec.lpt_order)
         grid = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32)] * 3, indexing="ij"), -1)
         pos = ((grid + dx) * scale + 0.5).reshape(-1, 3) % nm  # same half-cell offset as ours
         mom = (p * scale).reshape(-1, 3)
@@ -141,15 +151,35 @@ def worker_jaxpm(args) -> dict:
         (pos, mom, _), _ = jax.lax.scan(step, (pos, mom, force(pos)), factors)
         return pos
 
+    return evolve
+
+
+def worker_jaxpm(args) -> dict:
+    _pin(args.threads)
+    _xla_cpu_threads(args.threads)
+    import jax
+    import jax.numpy as jnp
+    import jax_cosmo as jc
+    import numpy as np
+    from jaxpm.painting import _cic_paint_impl
+
+    from src.sim.cosmology import Growth, cosmology_from
+    from src.sim.nbody import SimSpec, particle_steps
+
+    spec = SimSpec.from_config(_sim_config(args))
+    ours = cosmology_from(PARAMS, spec.fixed)
+    cosmo = jc.Cosmology(Omega_c=ours.omega_m - ours.omega_b, Omega_b=ours.omega_b, h=ours.h,
+                         n_s=ours.n_s, sigma8=ours.sigma_8, Omega_k=0.0, w0=-1.0, wa=0.0)
+    a = spec.time_grid()
+    factors = jnp.asarray(_kdk_factors(Growth(ours, spec.growth_numerics), a), dtype=jnp.float32)
+    evolve = _jaxpm_evolve(cosmo, spec, float(a[0]), factors)
+    ic = jnp.asarray(np.load(args.work / "ic.npy"))
     t0 = time.perf_counter()
     jax.block_until_ready(evolve(ic))
     compile_and_run = time.perf_counter() - t0
-    walls = []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        pos = jax.block_until_ready(evolve(ic))
-        walls.append(time.perf_counter() - t0)
+    pos, walls = _timed_runs(args.repeat, lambda: jax.block_until_ready(evolve(ic)))
     wall = min(walls)
+    nm = spec.n_mesh
     rho = _cic_paint_impl(jnp.zeros((nm, nm, nm)), pos)
     np.save(args.work / "rho_jaxpm.npy", np.asarray(rho))
     return {"code": "jaxpm", "wall_s": wall, "walls_s": walls, "first_call_s": compile_and_run,

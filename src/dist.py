@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import os
 
-from lightning.fabric.plugins.environments import (
-    LSFEnvironment,
-    SLURMEnvironment,
-    TorchElasticEnvironment,
-)
-
 CHILD_FLAG = "SAIH_LAUNCHED"
 # set in every rank when several "nodes" share this machine (all ranks see the same cores)
 EMULATED_FLAG = "SAIH_EMULATED_NODES"
@@ -39,6 +33,13 @@ def cluster_launched() -> bool:
     # job, and trusting it made the next multirun job run with the wrong world size.
     if os.environ.get(CHILD_FLAG):
         return True
+    # imported here: Lightning costs seconds of start-up that simulation workers never need
+    from lightning.fabric.plugins.environments import (
+        LSFEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
     if any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment)):
         return True
     return mpi_world_size() > 1

@@ -46,20 +46,21 @@ class Cosmology:
 
 
 # ---------------------------------------------------------------- transfer function
-def eisenstein_hu_transfer(k: torch.Tensor, cosmo: Cosmology) -> torch.Tensor:
-    """Eisenstein & Hu (1998) CDM+baryon transfer function (with acoustic wiggles).
+# Equation numbers refer to Eisenstein & Hu 1998, ApJ 496, 605; wm = Omega_M h^2 and
+# wb = Omega_b h^2, k in 1/Mpc inside the fit.
+@dataclass(frozen=True)
+class _EH98Scales:
+    """The fit's scales that depend on the cosmology alone (eq. 2-7), in Mpc and 1/Mpc."""
 
-    `k` in h/Mpc (any shape, any device); computed in float64, returned in k's dtype.
-    Equation numbers refer to Eisenstein & Hu 1998, ApJ 496, 605.
-    """
-    kd = k.to(torch.float64)
-    h, om = cosmo.h, cosmo.omega_m
-    theta = cosmo.t_cmb / 2.7
-    wm = om * h * h
-    wb = cosmo.omega_b * h * h
-    fb = cosmo.omega_b / om
-    fc = 1.0 - fb
+    z_eq: float
+    k_eq: float
+    z_d: float
+    r_d: float
+    s: float
+    k_silk: float
 
+
+def _eh98_scales(wm: float, wb: float, theta: float) -> _EH98Scales:
     z_eq = 2.50e4 * wm * theta**-4  # eq. 2
     k_eq = 7.46e-2 * wm * theta**-2  # eq. 3, 1/Mpc
     b1 = 0.313 * wm**-0.419 * (1 + 0.607 * wm**0.674)  # eq. 4
@@ -74,40 +75,63 @@ def eisenstein_hu_transfer(k: torch.Tensor, cosmo: Cosmology) -> torch.Tensor:
         (math.sqrt(1 + r_d) + math.sqrt(r_d + r_eq)) / (1 + math.sqrt(r_eq))
     )
     k_silk = 1.6 * wb**0.52 * wm**0.73 * (1 + (10.4 * wm) ** -0.95)  # eq. 7
+    return _EH98Scales(z_eq=z_eq, k_eq=k_eq, z_d=z_d, r_d=r_d, s=s, k_silk=k_silk)
 
-    kk = (kd * h).clamp_min(1e-12)  # 1/Mpc; clamp keeps k=0 finite (T -> 1 there)
-    q = kk / (13.41 * k_eq)  # eq. 10
-    ks = kk * s
 
+def _t0(q: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:  # eq. 19-20
+    lg = torch.log(math.e + 1.8 * beta * q)
+    c = 14.2 / alpha + 386.0 / (1 + 69.9 * q**1.08)
+    return lg / (lg + c * q * q)
+
+
+def _cdm_transfer(q: torch.Tensor, ks: torch.Tensor, wm: float, fb: float) -> torch.Tensor:
+    """T_c, the CDM part (eq. 11-12, 17-18)."""
+    fc = 1.0 - fb
     a1 = (46.9 * wm) ** 0.670 * (1 + (32.1 * wm) ** -0.532)  # eq. 11
     a2 = (12.0 * wm) ** 0.424 * (1 + (45.0 * wm) ** -0.582)
     alpha_c = a1**-fb * a2 ** (-(fb**3))
     bb1 = 0.944 / (1 + (458 * wm) ** -0.708)  # eq. 12
     bb2 = (0.395 * wm) ** -0.0266
     beta_c = 1.0 / (1 + bb1 * (fc**bb2 - 1))
-
-    def t0(alpha, beta):  # eq. 19-20
-        lg = torch.log(math.e + 1.8 * beta * q)
-        c = 14.2 / alpha + 386.0 / (1 + 69.9 * q**1.08)
-        return lg / (lg + c * q * q)
-
     f = 1.0 / (1 + (ks / 5.4) ** 4)  # eq. 18
-    t_c = f * t0(1.0, beta_c) + (1 - f) * t0(alpha_c, beta_c)  # eq. 17
+    return f * _t0(q, 1.0, beta_c) + (1 - f) * _t0(q, alpha_c, beta_c)  # eq. 17
 
-    y = (1 + z_eq) / (1 + z_d)  # eq. 15
+
+def _baryon_transfer(kk: torch.Tensor, q: torch.Tensor, ks: torch.Tensor, wm: float, fb: float,
+                     sc: _EH98Scales) -> torch.Tensor:
+    """T_b, the baryon part with its acoustic wiggles and Silk damping (eq. 14-15, 21-24)."""
+    y = (1 + sc.z_eq) / (1 + sc.z_d)  # eq. 15
     sq = math.sqrt(1 + y)
     g_y = y * (-6 * sq + (2 + 3 * y) * math.log((sq + 1) / (sq - 1)))
-    alpha_b = 2.07 * k_eq * s * (1 + r_d) ** -0.75 * g_y  # eq. 14
+    alpha_b = 2.07 * sc.k_eq * sc.s * (1 + sc.r_d) ** -0.75 * g_y  # eq. 14
     beta_node = 8.41 * wm**0.435  # eq. 23
     beta_b = 0.5 + fb + (3 - 2 * fb) * math.sqrt((17.2 * wm) ** 2 + 1)  # eq. 24
-    s_tilde = s / (1 + (beta_node / ks) ** 3) ** (1.0 / 3.0)  # eq. 22
+    s_tilde = sc.s / (1 + (beta_node / ks) ** 3) ** (1.0 / 3.0)  # eq. 22
     x = kk * s_tilde
     j0 = torch.where(x.abs() < 1e-6, 1 - x * x / 6, torch.sin(x) / x)
-    t_b = (
-        t0(1.0, 1.0) / (1 + (ks / 5.2) ** 2)
-        + alpha_b / (1 + (beta_b / ks) ** 3) * torch.exp(-((kk / k_silk) ** 1.4))
+    return (
+        _t0(q, 1.0, 1.0) / (1 + (ks / 5.2) ** 2)
+        + alpha_b / (1 + (beta_b / ks) ** 3) * torch.exp(-((kk / sc.k_silk) ** 1.4))
     ) * j0  # eq. 21
-    t = fb * t_b + fc * t_c  # eq. 16
+
+
+def eisenstein_hu_transfer(k: torch.Tensor, cosmo: Cosmology) -> torch.Tensor:
+    """Eisenstein & Hu (1998) CDM+baryon transfer function (with acoustic wiggles).
+
+    `k` in h/Mpc (any shape, any device); computed in float64, returned in k's dtype.
+    """
+    kd = k.to(torch.float64)
+    h, om = cosmo.h, cosmo.omega_m
+    wm = om * h * h
+    wb = cosmo.omega_b * h * h
+    fb = cosmo.omega_b / om
+    fc = 1.0 - fb
+    sc = _eh98_scales(wm, wb, cosmo.t_cmb / 2.7)
+
+    kk = (kd * h).clamp_min(1e-12)  # 1/Mpc; clamp keeps k=0 finite (T -> 1 there)
+    q = kk / (13.41 * sc.k_eq)  # eq. 10
+    ks = kk * sc.s
+    t = fb * _baryon_transfer(kk, q, ks, wm, fb, sc) + fc * _cdm_transfer(q, ks, wm, fb)  # eq. 16
     return t.to(k.dtype)
 
 
