@@ -27,8 +27,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from src.contract import ContractError
 from src.errors import ReportError
-from src.report.summary import describe_system
+from src.report.collect import collect
+from src.report.derive import num
+from src.report.table8 import describe_system
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # report.py is an entry point at the root, not in the package
@@ -122,6 +125,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def assert_in_summary(result: dict, *pieces: str) -> None:
+    """Each piece stands in summary.md (the failure lists those that do not)."""
+    text = result["summary"].read_text()
+    assert [p for p in pieces if p not in text] == []
+
+
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     sweep = make_sweep(tmp_path_factory.mktemp("full") / "sweep")
@@ -188,27 +197,26 @@ def test_table8_ranges_exact(full_report):
 
 
 def test_findings_sentences(full_report):
-    _, result = full_report
-    text = result["summary"].read_text()
-    assert ("The best utilisation is 50 % of peak (1 TFLOP/s per device), reached by medium at "
-            "1 node (fraction 1/4, 32-true).") in text
-    assert ("Data loading passes 5 % of the step time in 1 of 8 runs: small at 8\u2020 nodes "
-            "(fraction 1/4, 32-true): 6.25 %.") in text
-    assert ("Strong-scaling efficiency drops below 50 % for small at 8\u2020 nodes (fraction 1/4, "
-            "32-true): 43.8 % (speed-up 3.5\u00d7 of an ideal 8\u00d7).") in text
-    assert ("bf16-mixed is 2.5\u00d7 faster than 32-true per epoch (geometric mean over 1 "
-            "matched configuration).") in text
+    assert_in_summary(
+        full_report[1],
+        "The best utilisation is 50 % of peak (1 TFLOP/s per device), reached by medium at "
+        "1 node (fraction 1/4, 32-true).",
+        "Data loading passes 5 % of the step time in 1 of 8 runs: small at 8\u2020 nodes "
+        "(fraction 1/4, 32-true): 6.25 %.",
+        "Strong-scaling efficiency drops below 50 % for small at 8\u2020 nodes (fraction 1/4, "
+        "32-true): 43.8 % (speed-up 3.5\u00d7 of an ideal 8\u00d7).",
+        "bf16-mixed is 2.5\u00d7 faster than 32-true per epoch (geometric mean over 1 "
+        "matched configuration).")
 
 
 def test_tables_3_and_6(full_report):
-    _, result = full_report
-    text = result["summary"].read_text()
-    assert "| small | 1 M | 4 MiB | 1 GFLOP | 3 GFLOP | 3 GFLOP | 1 GiB | 20 |" in text
-    assert "| medium | 4 M | 16 MiB | 4 GFLOP | 12 GFLOP | 12 GFLOP | 1 GiB | 40 |" in text
-    # Table 6: job 0 (0.384 s/epoch) against job 7 (0.1536 s/epoch).
-    assert "| Model | Nodes | Ranks | Fraction | 32-true (s/epoch) | bf16-mixed (s/epoch) | Speed-up bf16-mixed vs 32-true |" in text
-    assert "| small | 1 | 1 | 1/4 | 0.384 | 0.154 | 2.5\u00d7 |" in text
-    assert "| small | 8\u2020 | 8 | 1/4 | 0.11 | n/a | n/a |" in text
+    assert_in_summary(
+        full_report[1], "| small | 1 M | 4 MiB | 1 GFLOP | 3 GFLOP | 3 GFLOP | 1 GiB | 20 |",
+        "| medium | 4 M | 16 MiB | 4 GFLOP | 12 GFLOP | 12 GFLOP | 1 GiB | 40 |",
+        # Table 6: job 0 (0.384 s/epoch) against job 7 (0.1536 s/epoch).
+        "| Model | Nodes | Ranks | Fraction | 32-true (s/epoch) | bf16-mixed (s/epoch) | Speed-up bf16-mixed vs 32-true |",
+        "| small | 1 | 1 | 1/4 | 0.384 | 0.154 | 2.5\u00d7 |",
+        "| small | 8\u2020 | 8 | 1/4 | 0.11 | n/a | n/a |")
 
 
 def test_without_throughput_metrics_the_report_says_why(tmp_path):
@@ -221,13 +229,26 @@ def test_without_throughput_metrics_the_report_says_why(tmp_path):
             (job / "metrics.json").write_text(json.dumps(data))
     result = report.run(cfg_for(sweep))
     assert [p.name for p in result["figures"]] == ["loss_curves.png"]
-    text = result["summary"].read_text()
-    assert "| Strong-scaling speed-up\u2020 | n/a (no throughput metrics" in text
-    assert "| Single-device FLOP/s | n/a (no throughput metrics" in text
-    assert "Runs at several node counts recorded no throughput" in text
-    assert "Speed-up figure skipped: runs at several node counts recorded no throughput." in text
-    assert "Roofline skipped" in text
-    assert "| Loss (final) | train 0.0312\u20130.25; validation 0.0625\u20130.5 |" in text
+    assert_in_summary(
+        result, "| Strong-scaling speed-up\u2020 | n/a (no throughput metrics",
+        "| Single-device FLOP/s | n/a (no throughput metrics",
+        "Runs at several node counts recorded no throughput",
+        "Speed-up figure skipped: runs at several node counts recorded no throughput.",
+        "Roofline skipped",
+        "| Loss (final) | train 0.0312\u20130.25; validation 0.0625\u20130.5 |")
+
+
+def test_rows_read_the_names_jobs_write(tmp_path):
+    """world_size comes from the config section alone; an alias no job writes is a bug."""
+    record = job_metrics(*JOBS[3])  # 8 nodes
+    del record["config"]["world_size"]
+    record["config"]["devices"] = 2
+    (tmp_path / "metrics.json").write_text(json.dumps(record))  # a single run dir
+    assert collect([tmp_path])[0][0]["world_size"] == 16
+    assert num({"mem_bandwidth_bytes_per_s": 1e11, "fraction": "1/4"}, "fraction") == 0.25
+    for alias in ("bandwidth_bytes_per_s", "n_parameters", "param_count"):
+        with pytest.raises(ContractError, match=alias):
+            num({alias: 1.0}, alias)
 
 
 def test_gpu_system_description():

@@ -9,7 +9,7 @@ from src.errors import ReportError
 from src.report.collect import collect, write_runs_csv
 from src.report.derive import derive
 from src.report.figures import make_all
-from src.report.summary import render
+from src.report.page import render
 
 
 def sweep_dirs(value) -> list[Path]:

@@ -17,6 +17,14 @@ from typing import Any
 
 import yaml
 
+from src.contract import (
+    ERROR_FILE,
+    METRICS_FILE,
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_MISSING,
+    read_job_record,
+)
 from src.errors import ReportError
 
 # Row keys written first in runs.csv, in this order; the rest follow sorted.
@@ -27,11 +35,8 @@ LEAD_COLUMNS = [
 ]
 # Not scalar; kept on the row for the figures, never written to the CSV.
 NON_CSV_KEYS = {"history", "job_dir"}
-SYSTEM_KEYS = ["hostname", "cpu_model", "n_cpus", "mem_bytes", "gpu_name", "torch", "lightning"]
-
-STATUS_COMPLETE = "complete"
-STATUS_FAILED = "failed"
-STATUS_MISSING = "missing"  # no metrics.json: still running, or killed before it wrote one
+# Written when the file is there but read_job_record refuses it.
+UNREADABLE = f"unreadable {METRICS_FILE}: truncated or not a JSON object"
 
 
 def _is_job_dir(path: Path) -> bool:
@@ -40,8 +45,8 @@ def _is_job_dir(path: Path) -> bool:
         return False
     return (
         path.name.isdigit()
-        or (path / "metrics.json").is_file()
-        or (path / "error.txt").is_file()
+        or (path / METRICS_FILE).is_file()
+        or (path / ERROR_FILE).is_file()
     )
 
 
@@ -56,7 +61,7 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
         raise ReportError(f"sweep dir does not exist: {sweep_dir}")
     if not sweep_dir.is_dir():
         raise ReportError(f"sweep dir is not a directory: {sweep_dir}")
-    if (sweep_dir / "metrics.json").is_file():
+    if (sweep_dir / METRICS_FILE).is_file():
         return [sweep_dir]
     jobs = sorted((p for p in sweep_dir.iterdir() if _is_job_dir(p)), key=_job_sort_key)
     if not jobs:
@@ -87,6 +92,34 @@ def _flatten(prefix: str, value: Any, out: dict) -> None:
         out[prefix] = value
 
 
+def _scalars(section: Any) -> dict:
+    """The section's plain values; nested ones stay in metrics.json."""
+    return {k: v for k, v in (section or {}).items() if not isinstance(v, (dict, list))}
+
+
+def _merge_record(row: dict, data: dict) -> None:
+    row["status"] = str(data.get("status") or STATUS_FAILED)
+    row["error"] = data.get("error")
+    config: dict = {}
+    _flatten("", data.get("config") or {}, config)
+    row.update(config)
+    row.update(_scalars(data.get("system")))
+    row.update(_scalars(data.get("timing")))
+    # Metrics last: their names are the project's canonical names (src/contract.py).
+    row.update(_scalars(data.get("metrics")))
+    row["history"] = data.get("history") or {}
+
+
+def _merge_error_file(row: dict, error_path: Path) -> None:
+    """error.txt marks a job failed unless its metrics.json says complete."""
+    if not error_path.is_file() or row["status"] == STATUS_COMPLETE:
+        return
+    row["status"] = STATUS_FAILED
+    if not row["error"]:
+        text = error_path.read_text(errors="replace").strip().splitlines()
+        row["error"] = text[-1] if text else f"{ERROR_FILE} is empty"
+
+
 def read_job(sweep_dir: Path, job_dir: Path) -> dict:
     """One row for one job dir, whatever state it is in."""
     row: dict[str, Any] = {
@@ -98,37 +131,16 @@ def read_job(sweep_dir: Path, job_dir: Path) -> dict:
         "history": {},
         "overrides": _read_overrides(job_dir),
     }
-    metrics_path = job_dir / "metrics.json"
-    error_path = job_dir / "error.txt"
+    metrics_path = job_dir / METRICS_FILE
     if metrics_path.is_file():
-        try:
-            data = json.loads(metrics_path.read_text())
-            if not isinstance(data, dict):
-                raise ValueError("top level is not an object")
-        except (OSError, ValueError) as exc:
+        data = read_job_record(metrics_path)
+        if data is None:
             # A job killed mid-write leaves a truncated file: report it, don't crash.
-            row["status"] = STATUS_FAILED
-            row["error"] = f"unreadable metrics.json: {exc}"
-            data = None
-        if data is not None:
-            row["status"] = str(data.get("status") or STATUS_FAILED)
-            row["error"] = data.get("error")
-            config: dict = {}
-            _flatten("", data.get("config") or {}, config)
-            row.update(config)
-            row.update({k: v for k, v in (data.get("system") or {}).items()
-                        if not isinstance(v, (dict, list))})
-            timing = data.get("timing") or {}
-            row.update({k: v for k, v in timing.items() if not isinstance(v, (dict, list))})
-            # Metrics last: their names are the project's canonical names (DESIGN.md).
-            row.update({k: v for k, v in (data.get("metrics") or {}).items()
-                        if not isinstance(v, (dict, list))})
-            row["history"] = data.get("history") or {}
-    if error_path.is_file() and row["status"] != STATUS_COMPLETE:
-        row["status"] = STATUS_FAILED
-        if not row["error"]:
-            text = error_path.read_text(errors="replace").strip().splitlines()
-            row["error"] = text[-1] if text else "error.txt is empty"
+            row["status"], row["error"] = STATUS_FAILED, UNREADABLE
+        else:
+            _merge_record(row, data)
+    _merge_error_file(row, job_dir / ERROR_FILE)
+    # world_size is in the config section; older or hand-written records may lack it.
     if row.get("world_size") is None and row.get("num_nodes") is not None:
         row["world_size"] = int(row["num_nodes"]) * int(row.get("devices") or 1)
     return row

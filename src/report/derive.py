@@ -20,44 +20,51 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from fractions import Fraction
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from src.report.collect import STATUS_COMPLETE
+from src.contract import STATUS_COMPLETE, check_row_key
+from src.util.fractions import parse_fraction
 
 
-def num(row: dict, key: str) -> float | None:
-    """A finite float from a row, or None (missing, non-numeric, NaN, inf)."""
-    value = row.get(key)
+def as_float(value: Any) -> float | None:
+    """A finite float, or None (missing, non-numeric, NaN, inf); '1/4' as the user typed it."""
     if value is None or isinstance(value, bool):
         return None
     try:
-        value = float(value)
-    except (TypeError, ValueError):
-        try:  # a fraction written as the user typed it, '1/4'
-            value = float(Fraction(str(value).strip()))
-        except (ValueError, ZeroDivisionError):
-            return None
+        value = parse_fraction(value)
+    except ValueError:
+        return None
     return value if math.isfinite(value) else None
 
 
-# The triad bandwidth: the throughput callback's name first, the issue's name second.
-BANDWIDTH_KEYS = ("mem_bandwidth_bytes_per_s", "bandwidth_bytes_per_s")
-# Parameter count, when a job records one ("n_params" is the number of regression targets).
-PARAM_COUNT_KEYS = ("num_params", "n_parameters", "param_count")
-
-
-def first_num(row: dict, keys: Sequence[str]) -> float | None:
-    for key in keys:
-        value = num(row, key)
-        if value is not None:
-            return value
-    return None
+def num(row: dict, key: str) -> float | None:
+    """The row's `key` as a finite float, or None; a name no job writes is a bug (ContractError)."""
+    return as_float(row.get(check_row_key(key)))
 
 
 def complete(rows: Iterable[dict]) -> list[dict]:
     return [r for r in rows if r.get("status") == STATUS_COMPLETE]
+
+
+def span(values: Iterable[float | None]) -> tuple[float, float] | None:
+    """Min and max of the values that are there; None when none is."""
+    vals = [v for v in values if v is not None]
+    return (min(vals), max(vals)) if vals else None
+
+
+def unique(rows: Iterable[dict], key: str) -> list:
+    """The distinct set values of `key`, in the order the rows have them."""
+    seen: list = []
+    for r in rows:
+        v = r.get(key)
+        if v is not None and v != "" and v not in seen:
+            seen.append(v)
+    return seen
+
+
+def models(rows: Iterable[dict]) -> list[str]:
+    return [str(m) for m in unique(rows, "model")]
 
 
 def world_size(row: dict) -> int | None:
@@ -153,6 +160,49 @@ def _job_label(row: dict) -> str:
     return str(row.get("run_id") or row.get("job"))
 
 
+def _strong_columns(row: dict, base_ws: int, base_value: float, base_label: str) -> None:
+    row["speedup"] = tflops_aggregate(row) / base_value
+    row["ideal_speedup"] = world_size(row) / base_ws
+    row["scaling_efficiency"] = row["speedup"] / row["ideal_speedup"]
+    row["scaling_baseline"] = base_label
+
+
+def _weak_columns(row: dict, base_ws: int, base_value: float, base_label: str) -> None:
+    row["weak_scaling_efficiency"] = tflops_per_device(row) / base_value
+    row["weak_world_ratio"] = world_size(row) / base_ws
+    row["weak_baseline"] = base_label
+
+
+def _scaling(done: list[dict], fields: Sequence[str], key_of: Callable[[dict], tuple | None],
+             value: Callable[[dict], float | None], columns: Callable) -> tuple[list[dict], int]:
+    """The groups (by `key_of`) measured by `value` at two world sizes or more, each row given
+    its `columns` against the group's baseline; and how many groups ran at several world sizes
+    without the measurement."""
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
+    for row in done:
+        key = key_of(row)
+        if key is not None:
+            by_key[key].append(row)
+    groups, unmeasured = [], 0
+    for key, members in by_key.items():
+        if len({world_size(r) for r in members}) < 2:
+            continue
+        members = [r for r in members if value(r) is not None]
+        if len({world_size(r) for r in members}) < 2:
+            unmeasured += 1  # several node counts, but nothing to compare
+            continue
+        base_ws, base_value, base_rows = _baseline(members, value)
+        base_label = ",".join(_job_label(r) for r in base_rows)
+        for row in members:
+            columns(row, base_ws, base_value, base_label)
+        groups.append({
+            "key": dict(zip(fields, key, strict=True)),
+            "baseline_world_size": base_ws,
+            "runs": sorted(members, key=lambda r: (world_size(r), str(r.get("job")))),
+        })
+    return groups, unmeasured
+
+
 def derive(rows: list[dict], strong_key: Sequence[str], weak_key: Sequence[str]) -> dict:
     """Add the derived columns to every complete row (in place); return the groups.
 
@@ -167,54 +217,19 @@ def derive(rows: list[dict], strong_key: Sequence[str], weak_key: Sequence[str])
         row["samples_per_s_aggregate"] = samples_per_s_aggregate(row)
         row["time_per_epoch_s"] = time_per_epoch_s(row)
 
-    strong_groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in done:
-        if world_size(row):
-            strong_groups[group_key(row, strong_key)].append(row)
-    strong, unmeasured = [], {"strong": 0, "weak": 0}
-    for key, members in strong_groups.items():
-        if len({world_size(r) for r in members}) < 2:
-            continue
-        members = [r for r in members if tflops_aggregate(r) is not None]
-        if len({world_size(r) for r in members}) < 2:
-            unmeasured["strong"] += 1  # several node counts, but no throughput to compare
-            continue
-        base_ws, base_value, base_rows = _baseline(members, tflops_aggregate)
-        for row in members:
-            row["speedup"] = tflops_aggregate(row) / base_value
-            row["ideal_speedup"] = world_size(row) / base_ws
-            row["scaling_efficiency"] = row["speedup"] / row["ideal_speedup"]
-            row["scaling_baseline"] = ",".join(_job_label(r) for r in base_rows)
-        strong.append({
-            "key": dict(zip(strong_key, key, strict=True)),
-            "baseline_world_size": base_ws,
-            "runs": sorted(members, key=lambda r: (world_size(r), str(r.get("job")))),
-        })
+    def strong_of(row: dict) -> tuple | None:
+        return group_key(row, strong_key) if world_size(row) else None
 
-    weak_groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in done:
+    def weak_of(row: dict) -> tuple | None:
         per_rank = samples_per_rank(row)
-        if per_rank is not None:
-            weak_groups[group_key(row, weak_key) + (per_rank,)].append(row)
-    weak = []
-    for key, members in weak_groups.items():
-        if len({world_size(r) for r in members}) < 2:
-            continue
-        members = [r for r in members if tflops_per_device(r) is not None]
-        if len({world_size(r) for r in members}) < 2:
-            unmeasured["weak"] += 1
-            continue
-        base_ws, base_value, base_rows = _baseline(members, tflops_per_device)
-        for row in members:
-            row["weak_scaling_efficiency"] = tflops_per_device(row) / base_value
-            row["weak_world_ratio"] = world_size(row) / base_ws
-            row["weak_baseline"] = ",".join(_job_label(r) for r in base_rows)
-        weak.append({
-            "key": dict(zip([*weak_key, "samples_per_rank"], key, strict=True)),
-            "baseline_world_size": base_ws,
-            "runs": sorted(members, key=lambda r: (world_size(r), str(r.get("job")))),
-        })
-    return {"strong": strong, "weak": weak, "unmeasured": unmeasured}
+        return None if per_rank is None else group_key(row, weak_key) + (per_rank,)
+
+    strong, strong_unmeasured = _scaling(done, strong_key, strong_of, tflops_aggregate,
+                                         _strong_columns)
+    weak, weak_unmeasured = _scaling(done, [*weak_key, "samples_per_rank"], weak_of,
+                                     tflops_per_device, _weak_columns)
+    return {"strong": strong, "weak": weak,
+            "unmeasured": {"strong": strong_unmeasured, "weak": weak_unmeasured}}
 
 
 def precision_pairs(rows: list[dict], match_key: Sequence[str]) -> dict[tuple[str, str], list]:
@@ -247,21 +262,3 @@ def _mean(values: Iterable[float]) -> float:
 def geometric_mean(values: Iterable[float]) -> float:
     values = list(values)
     return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def fmt_fraction(value: Any) -> str:
-    """0.25 -> '1/4'; keeps the sweep's own notation readable."""
-    x = num({"v": value}, "v")
-    if x is None:
-        return "?" if value is None else str(value)
-    frac = Fraction(x).limit_denominator(4096)
-    if abs(float(frac) - x) > 1e-9 * max(1.0, abs(x)):
-        return f"{x:.4g}"
-    return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
-
-
-def fmt_nodes(row: dict) -> str:
-    """Node count, with a dagger when the nodes were emulated on one machine."""
-    nodes = num(row, "num_nodes")
-    text = "?" if nodes is None else str(int(nodes))
-    return text + ("\u2020" if is_emulated(row) else "")

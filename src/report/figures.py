@@ -19,9 +19,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from src.report import derive as d  # noqa: E402
-from src.report.summary import DAGGER, si_scale  # noqa: E402
+from src.report.fmt import DAGGER, fmt_fraction, fmt_nodes, si_scale  # noqa: E402
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+# The memory ceiling of the roofline: the triad bandwidth the throughput callback measures.
+BANDWIDTH_KEY = "mem_bandwidth_bytes_per_s"
 
 
 def _label(key: dict, vary: Sequence[str]) -> str:
@@ -29,7 +31,7 @@ def _label(key: dict, vary: Sequence[str]) -> str:
     for field in vary:
         value = key.get(field)
         if field == "fraction":
-            parts.append(f"frac {d.fmt_fraction(value)}")
+            parts.append(f"frac {fmt_fraction(value)}")
         elif field == "num_nodes":
             parts.append(f"{value} node{'' if str(value) == '1' else 's'}")
         else:
@@ -89,7 +91,7 @@ def _plot_lines(ax, lines: dict, fields: Sequence[str], vary: Sequence[str],
         if runs:
             keyd = dict(zip(fields, key, strict=True))
             if "num_nodes" in keyd:
-                keyd["num_nodes"] = d.fmt_nodes(runs[0])  # dagger for emulated nodes
+                keyd["num_nodes"] = fmt_nodes(runs[0])  # dagger for emulated nodes
             _series(ax, runs, x_of, lambda r: y_of(r) / scale, i, _label(keyd, vary))
 
 
@@ -160,7 +162,7 @@ def per_device_vs_fraction(rows, out_dir: Path, fields, dpi) -> str | None:
                      y_of=d.tflops_per_device, fields=fields,
                      title="Per-device throughput vs data fraction",
                      ylabel="throughput per device", xlabel="data fraction of the training set",
-                     xfmt=d.fmt_fraction, dpi=dpi, nodes_axis=False)
+                     xfmt=fmt_fraction, dpi=dpi, nodes_axis=False)
 
 
 def speedup_vs_nodes(groups: dict, out_dir: Path, fields, dpi) -> str | None:
@@ -202,7 +204,7 @@ def loss_curves(rows, out_dir: Path, dpi, max_runs_per_model: int) -> str | None
         positive = True
         for i, r in enumerate(runs):
             color, hollow = f"C{i % 10}", d.is_emulated(r)
-            key = {"num_nodes": d.fmt_nodes(r), "fraction": r.get("fraction"),
+            key = {"num_nodes": fmt_nodes(r), "fraction": r.get("fraction"),
                    "precision": r.get("precision")}
             label = _label(key, vary) if vary else f"job {r.get('run_id')}"
             for name in ("train/loss", "val/loss"):
@@ -249,7 +251,7 @@ def roofline(rows, out_dir: Path, dpi, notes: list[str]) -> str | None:
         notes.append("Roofline skipped: no complete run recorded arithmetic_intensity and "
                      "per-device FLOP/s.")
         return None
-    bw = [b for b in (d.first_num(r, d.BANDWIDTH_KEYS) for r in done) if b]
+    bw = [b for b in (d.num(r, BANDWIDTH_KEY) for r in done) if b]
     # One ceiling per precision: the best measured peak (a micro-benchmark only under-reads).
     best: dict[str, float] = {}
     for r in done:
@@ -258,7 +260,7 @@ def roofline(rows, out_dir: Path, dpi, notes: list[str]) -> str | None:
             best[str(r.get("precision"))] = max(peak, best.get(str(r.get("precision")), 0.0))
     peaks = set(best.items())
     if not bw or not peaks:
-        missing = [n for n, v in ((" / ".join(d.BANDWIDTH_KEYS), bw),
+        missing = [n for n, v in ((BANDWIDTH_KEY, bw),
                                    ("peak_flops_per_device", peaks)) if not v]
         notes.append(f"Roofline skipped: no run recorded {' or '.join(missing)} "
                      "(measured ceilings are needed to place the models).")
