@@ -143,7 +143,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trainer", default="cpu", choices=["cpu", "gpu"],
                         help="trainer preset (and its conf/speed defaults); gpu: one CUDA device")
@@ -157,15 +157,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the medians here")
     parser.add_argument("--override", nargs="*", default=[],
                         help="Hydra overrides for every Lightning variant (e.g. trainer.precision=32-true)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    # process-wide and not undone between variants: the plain loop runs with it too
-    apply_malloc_setting(compose_train([f"trainer={args.trainer}", *args.override]).get("speed"))
-    tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
-    n_sims = max(2, -(-(args.warmup + args.steps) * args.batch // 6) + 2)  # enough for one epoch
-    write_synthetic_dataset(tmp / "data", n_sims=n_sims, size=args.size, seed=0)
-    channels, n_params = 1, 3
 
+def variants_of(args, tmp: Path, channels: int, n_params: int) -> dict:
+    """name -> a run of that variant returning its figures (samples/s at least)."""
     variants = {
         "plain_fp32": lambda: {"samples_per_s": plain_loop(args, channels, n_params)},
         "lightning_default": lambda: lightning_run(args, tmp / "data", tmp / "a", True),
@@ -180,17 +176,17 @@ def main() -> None:
             "lightning_fp32": lambda: lightning_run(args, tmp / "data", tmp / "c", False, ["trainer.precision=32-true"]),
             "lightning_bf16": lambda: lightning_run(args, tmp / "data", tmp / "d", False, ["trainer.precision=bf16-mixed"]),
         })
-    results: dict[str, list[dict]] = {k: [] for k in variants}
-    for rep in range(args.repeats):
-        for name, fn in variants.items():
-            results[name].append(fn())
-            print(f"repeat {rep} {name}: {results[name][-1]['samples_per_s']:.2f} samples/s", flush=True)
+    return variants
+
+
+def summarise(args, results: dict[str, list[dict]]) -> dict:
+    """Medians over the repeats, the printed ratios and the setup they were measured in."""
 
     def med(name, key="samples_per_s"):
         vals = [r[key] for r in results[name] if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    summary = {name: med(name) for name in variants}
+    summary = {name: med(name) for name in results}
     summary["lightning_vs_plain"] = med("lightning_default") / med("plain_fp32")
     summary["callback_overhead"] = 1 - med("lightning_default") / med("lightning_no_monitor")
     for key in ("mfu", "data_wait_frac", "loop_gap_frac", "monitor_overhead_frac", "tflops_per_device",
@@ -202,6 +198,23 @@ def main() -> None:
                         "warmup": args.warmup, "repeats": args.repeats, "override": args.override,
                         "torch": torch.__version__,
                         "threads": torch.get_num_threads()}
+    return summary
+
+
+def main() -> None:
+    args = parse_args()
+    # process-wide and not undone between variants: the plain loop runs with it too
+    apply_malloc_setting(compose_train([f"trainer={args.trainer}", *args.override]).get("speed"))
+    tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    n_sims = max(2, -(-(args.warmup + args.steps) * args.batch // 6) + 2)  # enough for one epoch
+    write_synthetic_dataset(tmp / "data", n_sims=n_sims, size=args.size, seed=0)
+    variants = variants_of(args, tmp, channels=1, n_params=3)
+    results: dict[str, list[dict]] = {k: [] for k in variants}
+    for rep in range(args.repeats):
+        for name, fn in variants.items():
+            results[name].append(fn())
+            print(f"repeat {rep} {name}: {results[name][-1]['samples_per_s']:.2f} samples/s", flush=True)
+    summary = summarise(args, results)
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))

@@ -81,13 +81,13 @@ def test_staging_gives_the_same_samples(tiny_data, tmp_path, stage):
 def test_stage_auto_takes_ram_only_when_the_local_shards_fit(tiny_data, monkeypatch):
     """stage: auto (the default) stages to RAM when the shards of all ranks on this machine fit
     in stage_ram_max_frac (0.25) of the available memory; emulated nodes all count as local."""
-    import src.datamodules.cosmo as cosmo
+    import src.datamodules.staging as staging
 
     shard = len(make_dm(tiny_data, world=2).train_dataloader().sampler.positions)
     one = shard * make_dm(tiny_data).sample_bytes
 
     def dm_with(available, num_devices=1):
-        monkeypatch.setattr(cosmo, "available_memory_bytes", lambda: available)
+        monkeypatch.setattr(staging, "available_memory_bytes", lambda: available)
         return make_dm(tiny_data, world=2, num_devices=num_devices, stage="auto")
 
     two_local = dm_with(8 * one, num_devices=2)  # 2 shards = a quarter of 8

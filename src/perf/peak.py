@@ -288,3 +288,18 @@ def memory_bandwidth(device: torch.device | str = "cpu", override: float | None 
     device = torch.device(device)
     value = _cached(cache_dir, device, "triad", lambda: measure_triad_bandwidth(device, budget_s))
     return value, "measured"
+
+
+def device_peaks(device: torch.device | str, dtype: str, override: float | Mapping | None = None,
+                 cache_dir: str | None = None, budget_s: float = 0.4,
+                 roofline: bool = True) -> dict:
+    """The ceilings of one device under their metric names: its peak FLOP/s for `dtype`
+    and, with `roofline`, its memory bandwidth (each measured once per machine, cached)."""
+    value, source = peak_flops(device, dtype, override=override, cache_dir=cache_dir,
+                               budget_s=budget_s)
+    out: dict[str, float | str] = {"peak_flops_per_device": value, "peak_flops_source": source,
+                                   "peak_flops_dtype": dtype}
+    if roofline:
+        bw, bw_source = memory_bandwidth(device, cache_dir=cache_dir, budget_s=budget_s)
+        out.update(mem_bandwidth_bytes_per_s=bw, mem_bandwidth_source=bw_source)
+    return out

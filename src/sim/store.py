@@ -98,6 +98,39 @@ def verify_simulation(path: str | Path, entry: Mapping | None = None, full: bool
         inspect_simulation(path)
 
 
+def check_against_manifest(path: str | Path, entry: Mapping, sample_shape, n_params: int,
+                           full: bool = True) -> np.ndarray:
+    """The labels y of one file, after checking it against its manifest entry: present,
+    x shaped [n_sub, *sample_shape], y of `n_params` finite values; with `full` also its
+    checksum and finite x. Raises DataError naming the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: listed in the manifest but missing")
+    if full and entry.get("sha256") and file_checksum(path) != entry["sha256"]:
+        raise DataError(f"{path}: checksum differs from the manifest (corrupt or truncated)")
+    info = inspect_simulation(path)
+    expect = (int(entry.get("n_sub", info["x_shape"][0])), *(int(s) for s in sample_shape))
+    if tuple(info["x_shape"]) != expect:
+        raise DataError(f"{path}: x has shape {tuple(info['x_shape'])}, the manifest says {expect}")
+    if info["y"].shape != (n_params,):
+        raise DataError(
+            f"{path}: y has shape {info['y'].shape}, the manifest names {n_params} parameters"
+        )
+    if not np.isfinite(info["y"]).all():
+        raise DataError(f"{path}: y holds NaN/inf")
+    if full:
+        _check_finite_x(path, expect[0])
+    return info["y"]
+
+
+def _check_finite_x(path: Path, n_sub: int) -> None:
+    """Scan x for NaN/inf one sub-volume (one HDF5 chunk) at a time: memory stays flat."""
+    with h5py.File(path, "r") as fh:
+        for sub in range(n_sub):
+            if not np.isfinite(fh["x"][sub]).all():
+                raise DataError(f"{path}: NaN/inf in x, sub-volume {sub}")
+
+
 def write_manifest(data_dir: str | Path, manifest: Mapping) -> Path:
     data_dir = Path(data_dir)
     final = data_dir / MANIFEST_NAME
