@@ -1,0 +1,92 @@
+"""Config knobs reach the code: the optimizer, the LeakyReLU slope of every layer, the curves
+LossHistory keeps, the kernel switches; and a launched job's rerun is recognised."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from src import contract
+from src.kernels import cpu_kernels, depthwise
+from src.layers.genotype import reference_genotype
+from src.models.darts_net import DartsNet
+from src.training.build import apply_speed_settings, build_datamodule, build_module
+from tests.conftest import compose_cfg
+from train import run
+
+
+def test_configured_optimizer_is_the_one_that_trains(train_cfg):
+    cfg = train_cfg("optim=sgd", "optim.lr=0.05")
+    module = build_module(cfg, build_datamodule(cfg))
+    module._trainer = SimpleNamespace(estimated_stepping_batches=4)
+    opt = module.configure_optimizers()["optimizer"]
+    assert type(opt) is torch.optim.SGD and opt.defaults["lr"] == 0.05
+    assert opt.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("model", ["medium", "large"])
+def test_negative_slope_reaches_every_leaky_relu(model):
+    net_cfg = compose_cfg("train", [f"model={model}", "model.net.negative_slope=0.1",
+                                    "model.net.n_cells=3", "model.net.reductions=[1]",
+                                    "model.net.C=4"]).model.net
+    from hydra.utils import instantiate
+
+    net = instantiate(net_cfg, in_channels=1, input_size=8, n_params=3)
+    slopes = {m.negative_slope for m in net.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.1}
+
+
+def test_negative_slope_of_a_darts_net_built_directly():
+    net = DartsNet(1, 8, 3, reference_genotype("sep_conv_3"), C=4, n_cells=2, reductions=[1],
+                   negative_slope=0.2)
+    assert {m.negative_slope for m in net.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
+
+
+def test_history_keeps_the_configured_keys(train_cfg):
+    result = run(train_cfg("trainer.max_steps=4", "+trainer.val_check_interval=2",
+                           "callbacks.history.keys=[train/loss,val/loss,val/mae_sigma_8]"))
+    history = result["history"]
+    assert set(history) == {"train/loss", "val/loss", "val/mae_sigma_8"}
+    assert [s for s, _ in history["train/loss"]] == [1, 2, 3, 4]
+    assert [s for s, _ in history["val/mae_sigma_8"]] == [s for s, _ in history["val/loss"]]
+    assert history["val/mae_sigma_8"] and all(v > 0 for _, v in history["val/mae_sigma_8"])
+
+
+def test_kernel_switches_are_config_keys():
+    speed = compose_cfg("train", ["speed.cpu_kernels=false", "speed.fast_depthwise=false",
+                                  "speed.malloc_keep_mib=null"]).speed
+    before = cpu_kernels.set_enabled(True), depthwise.set_fast_depthwise(True)
+    try:
+        apply_speed_settings(speed)
+        assert cpu_kernels.load() is None and depthwise._ENABLED is False
+    finally:
+        cpu_kernels.set_enabled(before[0])
+        depthwise.set_fast_depthwise(before[1])
+
+
+def test_a_real_job_writes_only_contract_names(train_cfg, tmp_path):
+    result = run(train_cfg())
+    assert contract.unknown_metrics(result["metrics"]) == []
+    assert set(result["config"]) == set(contract.CONFIG_KEYS)
+    assert set(result) == set(contract.SECTIONS)
+    with pytest.raises(contract.ContractError):
+        contract.job_record("complete", config={"no_such_key": 1})
+    with pytest.raises(contract.ContractError):
+        contract.check_row_key("tflops_aggregat")
+
+
+def test_rerun_of_a_launched_job_is_skipped(train_cfg, tmp_path):
+    """Each launched rank hashes the config it reloads from YAML; the parent's hash of the
+    composed config must be the same, or a finished multi-rank job would run again."""
+    cfg = train_cfg("trainer=ddp_sim", "trainer.max_steps=1", "trainer.limit_val_batches=1")
+    first = run(cfg)
+    metrics_file = tmp_path / "job" / "metrics.json"
+    stamp = metrics_file.stat().st_mtime_ns
+    again = run(train_cfg("trainer=ddp_sim", "trainer.max_steps=1", "trainer.limit_val_batches=1"))
+    assert again == first == json.loads(metrics_file.read_text())
+    assert metrics_file.stat().st_mtime_ns == stamp
+    assert first["config"]["world_size"] == 2 and first["config"]["emulated"] is False
