@@ -9,23 +9,21 @@ small cubes deep in the network. Here, for CPU tensors that need a gradient:
   strided or dilated ones; the undilated forward and the stride-1 input gradient stay with
   torch (oneDNN), as the correlation of the output gradient with the flipped kernel
   (`_grad_input`);
-- without the compiled kernels (no compiler, `SAIH_CPU_KERNEL=0`, float64): the weight gradient
+- without the compiled kernels (no compiler, `speed.cpu_kernels=false`, float64): the weight gradient
   at stride 1 with 5^3 kernels or in bf16 is one forward conv with the batch folded into the
   channels (`folded_grad_weight`), torch's otherwise; the strided input gradient is a transposed
   conv on small cubes; 'same' dilated convs run as undilated ones (`_undilated`);
 - kernel taps that only ever see padding are dropped (`_crop_taps`).
 Which variant is faster for which kernel and cube size was measured by
-`benchmarks/depthwise_grads.py` (docs/benchmarks.md).
+`python -m benchmarks.depthwise_grads` (its tables: docs/benchmarks.md, "CPU kernels").
 
 CUDA (cuDNN is fine), the meta device (FLOP counting), no-grad / inference calls and modules
 carrying hooks (thop, traffic counting) use the plain `F.conv3d`, so counted FLOPs and module
-hooks see exactly what they did before. Set `SAIH_FAST_DEPTHWISE=0` or call
-`set_fast_depthwise(False)` to disable the whole custom path.
+hooks see exactly what they did before. `speed.fast_depthwise=false` (`set_fast_depthwise(False)`)
+disables the whole custom path.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +32,14 @@ from torch.nn.modules import module as _module
 
 from src.kernels import cpu_kernels
 
-_ENABLED = os.environ.get("SAIH_FAST_DEPTHWISE", "1") not in ("0", "false", "False", "")
+_ENABLED = True
 
-# Rules of the PyTorch fallback, measured by benchmarks/depthwise_grads.py on the 2-core
-# AVX-512 VM (docs/benchmarks.md):
-# - the folded weight gradient beat torch's for 5^3 kernels at every cube size in fp32 (16x at
-#   4^3, 2x at 16^3, 1.1x at 32^3) and lost for 3^3 ones; in bf16 it beat torch's bf16 kernel
-#   for 3^3 too (torch's fp32 kernel was still faster on the 4^3-8^3 cubes, casts included);
-# - the contiguous transposed conv beat torch's strided input gradient for output cubes up to
-#   8^3 (up to 24x at 2^3) and lost at 16^3;
-# - torch's strided depthwise backward kernels in bf16 were 3-10x slower than its fp32 ones.
+# Rules of the PyTorch fallback, from benchmarks/depthwise_grads.py (docs/benchmarks.md):
+# - the folded weight gradient beats torch's for 5^3 kernels at every cube size in fp32 and
+#   loses for 3^3 ones; in bf16 it beats torch's bf16 kernel for 3^3 too;
+# - the contiguous transposed conv beats torch's strided input gradient for small output cubes
+#   (up to 8^3) and loses above;
+# - torch's strided depthwise backward kernels are slower in bf16 than in fp32, casts included.
 _FOLD_MIN_TAPS = 4 ** 3
 _SMALL_CUBE_VOXELS = 8 ** 3
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -135,7 +131,7 @@ def _torch_grad_weight(g, x, w, stride, padding, dilation, groups):
 
 def _in_fp32(fn, *args):
     """`fn` on fp32 copies of bf16/fp16 tensor arguments, its result cast back: torch's CPU
-    depthwise backward kernels in bf16 were 3-10x slower than in fp32, casts included."""
+    depthwise backward kernels are slower in bf16 than in fp32, casts included."""
     dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor))
     if dtype not in _LOW_PRECISION:
         return fn(*args)

@@ -62,55 +62,17 @@ def choose_channels(
             tried.append(rec)
         return cache[(C, n)]
 
-    def flops(C: int, n: int) -> float:
-        return cost(C, n)["flops_per_sample_train"]
-
+    lo = max(c_step, (c_min + c_step - 1) // c_step * c_step)
+    hi = c_max // c_step * c_step
     best: dict | None = None
     for n in depths:
-        lo = max(c_step, (c_min + c_step - 1) // c_step * c_step)
-        hi = c_max // c_step * c_step
-        guess = _quadratic_guess(lambda C, n=n: flops(C, n), lo, hi, target_flops_train, c_step)
-        # bracket the target around the guess: cost(a) < target <= cost(b), then bisect
-        a, b = guess, guess
-        width = c_step
-        while a > lo and flops(a, n) >= target_flops_train:
-            a = max(lo, a - width)
-            width *= 2
-        width = c_step
-        while b < hi and flops(b, n) < target_flops_train:
-            b = min(hi, b + width)
-            width *= 2
-        if flops(a, n) >= target_flops_train:
-            candidates = [a]          # even the narrowest allowed net is too costly
-        elif flops(b, n) < target_flops_train:
-            candidates = [b]          # even the widest allowed net is too cheap
-        else:
-            while b - a > c_step:
-                mid = (a + b) // 2 // c_step * c_step
-                mid = min(max(mid, a + c_step), b - c_step)
-                if flops(mid, n) < target_flops_train:
-                    a = mid
-                else:
-                    b = mid
-            candidates = [a, b]
-        for C in candidates:
+        flops = lambda C, n=n: cost(C, n)["flops_per_sample_train"]  # noqa: E731
+        for C in _bracket(flops, lo, hi, target_flops_train, c_step):
             rec = cost(C, n)
             if best is None or abs(rec["rel_error"]) < abs(best["rel_error"]):
                 best = rec
     assert best is not None
-    result = {
-        "C": best["C"],
-        "n_cells": best["n_cells"],
-        "input_shape": list(input_shape),
-        "target_flops_train": float(target_flops_train),
-        "flops_per_sample_train": int(best["flops_per_sample_train"]),
-        "flops_per_sample_forward": int(best["flops_per_sample_forward"]),
-        "n_parameters": best["n_parameters"],
-        "rel_error": float(best["rel_error"]),
-        "tolerance": float(tolerance),
-        "within_tolerance": abs(best["rel_error"]) <= tolerance,
-        "n_counted": len(tried),
-    }
+    result = _result(best, input_shape, target_flops_train, tolerance, len(tried))
     log.info("model filter: C=%d n_cells=%d -> %.4g train FLOPs/sample (target %.4g, %+.2f%%)",
              result["C"], result["n_cells"], result["flops_per_sample_train"],
              target_flops_train, 100 * result["rel_error"])
@@ -122,6 +84,50 @@ def choose_channels(
             f"({result['rel_error']:+.1%})"
         )
     return result
+
+
+def _result(best: dict, input_shape, target: float, tolerance: float, n_counted: int) -> dict:
+    return {
+        "C": best["C"],
+        "n_cells": best["n_cells"],
+        "input_shape": list(input_shape),
+        "target_flops_train": float(target),
+        "flops_per_sample_train": int(best["flops_per_sample_train"]),
+        "flops_per_sample_forward": int(best["flops_per_sample_forward"]),
+        "n_parameters": best["n_parameters"],
+        "rel_error": float(best["rel_error"]),
+        "tolerance": float(tolerance),
+        "within_tolerance": abs(best["rel_error"]) <= tolerance,
+        "n_counted": n_counted,
+    }
+
+
+def _bracket(flops, lo: int, hi: int, target: float, c_step: int) -> list[int]:
+    """The widths (multiples of c_step in [lo, hi]) whose cost brackets the target: a guess
+    from a quadratic fit, a doubling search to cost(a) < target <= cost(b), then a bisection.
+    One width when even the narrowest is too costly or the widest too cheap."""
+    guess = _quadratic_guess(flops, lo, hi, target, c_step)
+    a, b = guess, guess
+    width = c_step
+    while a > lo and flops(a) >= target:
+        a = max(lo, a - width)
+        width *= 2
+    width = c_step
+    while b < hi and flops(b) < target:
+        b = min(hi, b + width)
+        width *= 2
+    if flops(a) >= target:
+        return [a]
+    if flops(b) < target:
+        return [b]
+    while b - a > c_step:
+        mid = (a + b) // 2 // c_step * c_step
+        mid = min(max(mid, a + c_step), b - c_step)
+        if flops(mid) < target:
+            a = mid
+        else:
+            b = mid
+    return [a, b]
 
 
 def _quadratic_guess(flops, lo: int, hi: int, target: float, c_step: int) -> int:

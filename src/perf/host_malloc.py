@@ -2,11 +2,9 @@
 
 glibc's malloc serves every block above 32 MiB with its own mmap and unmaps it on free, and
 trims freed memory at the top of its heap: the next activation of that size is page-faulted
-in again (benchmarks/host_malloc_bench.py on the development VM: a fresh 44 MiB tensor costs
-11-14 ms to allocate and fill, a kept one 2 ms). A training step frees and reallocates the
-same large activations every time, so at 32^3 and above a CPU step spends much of its time in
-page faults (the medium net's fp32 step: x0.75 at 64^3, x0.87-0.93 at 32^3 with this set;
-docs/benchmarks.md). Raising
+in again. A training step frees and reallocates the same large activations every time, so
+at 32^3 and above a CPU step spends much of its time in page faults (what keeping them buys:
+benchmarks/host_malloc_bench.py, docs/benchmarks.md "Kept host memory"). Raising
 M_MMAP_THRESHOLD to `max_block_mib` serves blocks up to that size from the heap, and raising
 M_TRIM_THRESHOLD to 2 GiB keeps freed heap memory for reuse, as a caching allocator would: the
 process holds its peak working set until it exits. The heap settles within a few steps (torch's
