@@ -5,8 +5,8 @@ The Lightning side of the measurement: its hooks feed the timing model of src.pe
 (src.perf.cost) and look up the device's peaks (src.perf.peak). What needs the trainer's
 strategy stays here: the cross-rank reduction at each window edge (samples/s summed, the rest
 averaged, memory maxed). Values are logged from rank 0 to every logger, and the run totals
-land in `.metrics` (keys: the src/contract.py metric names), which train.py merges into
-metrics.json. A run too short for a measured window (fast_dev_run) reports its warm-up steps
+land in `.metrics` (keys: the src/contract.py metric names), which src/training/fit.py merges
+into metrics.json. A run too short for a measured window (fast_dev_run) reports its warm-up steps
 instead, flagged by `throughput_from_warmup = 1`.
 """
 
@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from src.dist import machine_leader
+from src.errors import ConfigError
 from src.perf import peak as perf_peak
 from src.perf.cost import batch_input, run_memory, static_cost
 from src.perf.timing import WARMUP_END, WINDOW_END, StepClock, Totals, throughput_figures
@@ -44,7 +45,8 @@ class ThroughputMonitor(Callback):
                  roofline: bool = True, log_windows: bool = True):
         super().__init__()
         if warmup_steps < 0 or window_steps < 1:
-            raise ValueError("need warmup_steps >= 0 and window_steps >= 1")
+            raise ConfigError(f"callbacks.throughput: need warmup_steps >= 0 and window_steps >= 1, "
+                              f"got {warmup_steps} and {window_steps}")
         self.warmup_steps, self.window_steps = int(warmup_steps), int(window_steps)
         # the arguments of src.perf.peak.device_peaks, as configured
         self._peak_args = {"override": peak_flops, "cache_dir": cache_dir,

@@ -1,0 +1,63 @@
+"""The small shared helpers of src/util/: atomic writes, progress lines, fractions, cpuinfo."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from src.util import atomic, cpuinfo
+from src.util.fractions import parse_fraction
+from src.util.progress import Progress
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "out.json"
+    atomic.write_json_atomic(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # temporary removed
+    assert atomic.temporary_name(target).name == f"out.json.{os.getpid()}{atomic.TMP_SUFFIX}"
+
+
+def test_progress_without_a_terminal_logs_plain_lines_with_the_rate(caplog):
+    caplog.set_level(logging.INFO, logger="src.util.progress")
+    with Progress(4, "simulating (pool)", "sim", interval_s=0.0, terminal=False) as bar:
+        for _ in range(4):
+            bar.advance()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5  # one per item (interval 0) and one at the end
+    assert lines[-1].startswith("simulating (pool): 4/4, ") and " sim/s, " in lines[-1]
+    assert bar.rate() > 0
+
+
+def test_disabled_progress_logs_nothing(caplog):
+    caplog.set_level(logging.INFO, logger="src.util.progress")
+    with Progress(3, "x", enabled=False, terminal=False) as bar:
+        bar.advance()
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("text,value", [("1/32", 1 / 32), ("0.25", 0.25), (1, 1.0), (" 3/4 ", 0.75)])
+def test_parse_fraction(text, value):
+    assert parse_fraction(text) == value
+
+
+@pytest.mark.parametrize("bad", ["abc", "1/0", True, None])
+def test_parse_fraction_refuses(bad):
+    with pytest.raises(ValueError, match="not a number or a ratio"):
+        parse_fraction(bad)
+
+
+def test_cpuinfo_reads_this_machine(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: a b\n"
+                    "processor\t: 1\nmodel name\t: Test CPU\nflags\t\t: a b\n")
+    monkeypatch.setattr(cpuinfo, "CPUINFO", fake)
+    assert cpuinfo.cpu_model() == "Test CPU"
+    assert cpuinfo.cpu_signature() == "flags\t\t: a b\nmodel name\t: Test CPU"
+    monkeypatch.setattr(cpuinfo, "CPUINFO", tmp_path / "missing")
+    assert cpuinfo.cpu_model()  # platform's answer
