@@ -31,11 +31,6 @@ log = logging.getLogger(__name__)
 
 aten = torch.ops.aten
 
-# Modules whose output is a new tensor that must be written; the minimum-traffic model of
-# `arithmetic_intensity` counts their inputs, parameters and outputs once.
-_COMPUTE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
-
-
 def _thop_profile():
     # thop imports distutils at module level; keep its deprecation noise out of our logs.
     with warnings.catch_warnings():
