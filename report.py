@@ -19,8 +19,6 @@ from src.report.build import build_report, sweep_dirs
 def run(cfg: DictConfig) -> dict:
     """Write the report; returns {"summary": path, "runs_csv": path, "figures": [paths]}."""
     value = OmegaConf.select(cfg, "sweep_dir", throw_on_missing=False)
-    if OmegaConf.is_list(value):
-        value = OmegaConf.to_container(value)
     return build_report(sweep_dirs(value), OmegaConf.to_container(cfg.report, resolve=True))
 
 

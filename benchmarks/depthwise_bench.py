@@ -1,4 +1,4 @@
-"""Depthwise Conv3d on CPU: our flipped-kernel backward (src/nas/depthwise.py) vs torch's.
+"""Depthwise Conv3d on CPU: our flipped-kernel backward (src/kernels/depthwise.py) vs torch's.
 
     .venv/bin/python -m benchmarks.depthwise_bench                  # medium net, 32^3, batch 2
     .venv/bin/python -m benchmarks.depthwise_bench --model large --repeats 7

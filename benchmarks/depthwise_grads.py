@@ -8,11 +8,11 @@ Per cube (channels:size:batch) and kernel size (3, 5), channels_last_3d, 'same' 
 of --repeats, in ms. Stride 1: the forward; torch's input gradient and weight gradient
 (`aten.convolution_backward`, one output each); the forward conv of the output gradient with the
 flipped kernel (= the input gradient); the weight gradient as one batch-folded forward conv
-(`folded_grad_weight`) and by the compiled kernel (`k_gw`, src/nas/cpu_kernels.cpp).
+(`folded_grad_weight`) and by the compiled kernel (`k_gw`, src/kernels/cpu_kernels.cpp).
 Dilation 2 (`d2_`): forward and input gradient by torch and by the compiled gather kernel.
 Stride 2 (`s2_`): the input gradient by torch, by the transposed conv in the contiguous layout,
 and by the gather kernel; the weight gradient by torch and by the compiled kernel.
-src/nas/depthwise.py uses the compiled kernels wherever they build (`k_` columns), torch's
+src/kernels/depthwise.py uses the compiled kernels wherever they build (`k_` columns), torch's
 undilated forward and the flipped conv otherwise; without them, the PyTorch rules in its
 docstring. `nan`: the compiled kernel is unavailable here.
 """

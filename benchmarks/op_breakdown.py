@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.profile_step import apply_cpu_speed_settings, build_net, step_args
 from src.kernels.depthwise import run_depthwise
-from src.layers.ops import bn_act
+from src.layers.blocks import bn_act
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.datamodules.cosmo import CosmoDataModule, ShardSampler, parse_fraction
+from src.datamodules.cosmo import CosmoDataModule
+from src.datamodules.sampler import ShardSampler
+from src.datamodules.split import data_fraction
 from src.dist import EMULATED_FLAG
 from src.errors import DataError
 from src.sim.store import read_simulation
@@ -34,12 +36,12 @@ def test_fractions_are_nested_prefixes(tiny_data, fraction):
     full = make_dm(tiny_data, fraction=1)
     part = make_dm(tiny_data, fraction=fraction)
     n = len(part.train_set)
-    assert n == int(48 * parse_fraction(fraction))
+    assert n == int(48 * data_fraction(fraction))
     np.testing.assert_array_equal(part.train_set.index, full.train_set.index[:n])
 
 
-def test_parse_fraction_accepts_ratios():
-    assert parse_fraction("1/32") == 1 / 32 and parse_fraction(1) == 1.0 and parse_fraction("0.5") == 0.5
+def test_data_fraction_accepts_ratios():
+    assert data_fraction("1/32") == 1 / 32 and data_fraction(1) == 1.0 and data_fraction("0.5") == 0.5
 
 
 def test_labels_normalised_and_inputs_log1p(tiny_data):

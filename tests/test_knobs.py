@@ -90,3 +90,19 @@ def test_rerun_of_a_launched_job_is_skipped(train_cfg, tmp_path):
     assert again == first == json.loads(metrics_file.read_text())
     assert metrics_file.stat().st_mtime_ns == stamp
     assert first["config"]["world_size"] == 2 and first["config"]["emulated"] is False
+
+
+def test_optimizer_without_partial_is_one_clear_error(train_cfg):
+    from src.errors import ConfigError
+
+    cfg = train_cfg("optim._partial_=false")
+    with pytest.raises(ConfigError, match="_partial_: true"):
+        build_module(cfg, build_datamodule(cfg))
+
+
+def test_checkpoint_hparams_record_the_optimizer(train_cfg):
+    cfg = train_cfg("optim.lr=0.003")
+    module = build_module(cfg, build_datamodule(cfg))
+    assert module.hparams["optimizer"] == {"class": "torch.optim.adam.Adam", "lr": 0.003,
+                                           "betas": [0.9, 0.999], "eps": 1e-8,
+                                           "weight_decay": 0.0, "fused": True}

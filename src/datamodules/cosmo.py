@@ -2,7 +2,7 @@
 
 The pieces live beside it: the split and the nested fraction (split.py), the rank shards
 (sampler.py), staging to RAM or node-local storage (staging.py), the samples (dataset.py),
-the per-file checks against the manifest (src.sim.store.check_against_manifest) and the
+the per-file checks against the manifest (src.sim.store.verify_simulation) and the
 timed loader the ThroughputMonitor reads (src.perf.timing.TimedDataLoader).
 """
 
@@ -17,13 +17,11 @@ from torch.utils.data import DataLoader
 
 from src.datamodules.dataset import TRANSFORMS, CosmoDataset
 from src.datamodules.sampler import ShardSampler
-from src.datamodules.split import nested_prefix, parse_fraction, sample_index, split_simulations
+from src.datamodules.split import data_fraction, nested_prefix, sample_index, split_simulations
 from src.datamodules.staging import resolve_stage, stage_shard
 from src.errors import DataError
 from src.perf.timing import TimedDataLoader
-from src.sim.store import check_against_manifest, read_manifest
-
-__all__ = ["CosmoDataModule", "CosmoDataset", "ShardSampler", "TimedDataLoader", "parse_fraction"]
+from src.sim.store import read_manifest, verify_simulation
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ class CosmoDataModule(L.LightningDataModule):
         if verify not in ("full", "shapes"):
             raise DataError(f"data.verify={verify!r}; choose 'full' or 'shapes'")
         self.data_dir = Path(dir)
-        self.fraction = parse_fraction(fraction)
+        self.fraction = data_fraction(fraction)
         self.batch_size = int(batch_size)
         self.val_fraction, self.split_seed = float(val_fraction), split_seed
         self.transform, self.augment = transform, augment
@@ -97,8 +95,8 @@ class CosmoDataModule(L.LightningDataModule):
         files, labels = [], []
         for entry in self.manifest["files"]:
             path = self.data_dir / entry["file"]
-            labels.append(check_against_manifest(path, entry, self.sample_shape, self.n_params,
-                                                 full=self.verify == "full"))
+            labels.append(verify_simulation(path, entry, self.verify == "full",
+                                            self.sample_shape, self.n_params))
             files.append(path)
         return files, np.stack(labels)
 

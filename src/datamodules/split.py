@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from src.errors import DataError
-from src.util.fractions import parse_fraction as parse_ratio
+from src.util.fractions import parse_fraction
 
 
-def parse_fraction(value) -> float:
-    """`1/32`, `0.25` or `1` -> float in (0, 1]; anything else names itself in the error."""
+def data_fraction(value) -> float:
+    """`data.fraction` (`1/32`, `0.25` or `1`) -> float in (0, 1]; DataError naming it else."""
     try:
-        frac = parse_ratio(value)
+        frac = parse_fraction(value)
     except ValueError as err:
         raise DataError(f"data.fraction={value!r} is not a number or a ratio like 1/32") from err
     if not 0.0 < frac <= 1.0:

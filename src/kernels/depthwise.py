@@ -52,6 +52,12 @@ def set_fast_depthwise(enabled: bool) -> bool:
     return previous
 
 
+def use_fast_paths(compiled_kernels: bool, fast_depthwise: bool) -> None:
+    """The `speed.cpu_kernels` and `speed.fast_depthwise` switches, for training and search."""
+    cpu_kernels.set_enabled(bool(compiled_kernels))
+    set_fast_depthwise(bool(fast_depthwise))
+
+
 def _triple(v) -> tuple[int, int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 

@@ -152,7 +152,8 @@ def load_genotype_file(path: str | Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(p.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise GenotypeError(f"{p}: not a readable YAML genotype file ({err})") from err
+        detail = " ".join(str(err).split())  # YAML's message spans lines; ours is one
+        raise GenotypeError(f"{p}: not a readable YAML genotype file ({detail})") from err
     if not isinstance(doc, Mapping) or "genotype" not in doc:
         raise GenotypeError(f"{p} has no 'genotype' section")
     for section in ("network", "provenance"):

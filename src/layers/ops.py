@@ -44,7 +44,7 @@ class DilConv(nn.Sequential):
 
     def forward(self, x):
         # the depthwise conv stays a plain nn.Conv3d (state_dict, thop, hooks); on CPU its
-        # backward runs through the flipped-kernel forward conv (src/nas/depthwise.py)
+        # backward runs through src/kernels/depthwise.py
         return bn_act(self[2], self[3], self[1](run_depthwise(self[0], x)))
 
 

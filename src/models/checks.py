@@ -3,39 +3,19 @@ ModelConfigError naming its key (`model.net.<key>`) before any layer is built.""
 
 from __future__ import annotations
 
-import math
-import operator
-
 from src.errors import ModelConfigError
+from src.util import checks
 
 
 def count(key: str, value, minimum: int = 1) -> int:
-    """An integer >= `minimum` (bools and fractions refused)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        n = operator.index(value)
-    except TypeError:
-        raise ModelConfigError(f"model.net.{key}={value!r} must be an integer") from None
-    if n < minimum:
-        raise ModelConfigError(f"model.net.{key}={value!r} must be >= {minimum}")
-    return n
+    """`model.net.<key>`: an integer >= `minimum` (bools and fractions refused)."""
+    return checks.integer(f"model.net.{key}", value, minimum, ModelConfigError)
 
 
 def number(key: str, value, low: float | None = None, high: float | None = None,
            high_open: bool = False) -> float:
-    """A finite number in [low, high] (or [low, high) with `high_open`)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ModelConfigError(f"model.net.{key}={value!r} must be a number") from None
-    too_high = high is not None and (x >= high if high_open else x > high)
-    if not math.isfinite(x) or (low is not None and x < low) or too_high:
-        bounds = f"[{low}, {high}{')' if high_open else ']'}"
-        raise ModelConfigError(f"model.net.{key}={value!r} must be a finite number in {bounds}")
-    return x
+    """`model.net.<key>`: a finite number in [low, high] (or [low, high) with `high_open`)."""
+    return checks.number(f"model.net.{key}", value, low, high, high_open, ModelConfigError)
 
 
 def head(hidden, dropout, negative_slope) -> tuple[tuple[int, ...], float, float]:

@@ -56,6 +56,8 @@ def network_shape(recorded: Mapping, C, n_cells, reductions, stem_multiplier) ->
     if reductions is None:
         reductions = recorded.get("reductions") or default_reductions(n_cells)
     try:
+        if isinstance(reductions, str):
+            raise TypeError
         reductions = [checks.count("reductions", r, minimum=0) for r in reductions]
     except TypeError:
         raise ModelConfigError(f"model.net.reductions={reductions!r} must be a list of "

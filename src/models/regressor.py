@@ -13,12 +13,22 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from src.errors import ConfigError
 from src.models.lars import clip_relative_update_, lars_targets
 
 DECAYS = ("constant", "cosine", "linear")
+
+
+def _describe(optimizer) -> dict:
+    """{"class": "torch.optim.adam.Adam", "lr": ..., ...} of a functools.partial optimizer."""
+    func = getattr(optimizer, "func", optimizer)
+    name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
+    keywords = getattr(optimizer, "keywords", {}) or {}
+    return {"class": name, **{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                              for k, v in keywords.items()}}
 
 
 class CosmoRegressor(L.LightningModule):
@@ -37,10 +47,9 @@ class CosmoRegressor(L.LightningModule):
         super().__init__()
         if decay not in DECAYS:
             raise ConfigError(f"schedule.decay={decay!r}; choose one of {DECAYS}")
-        if not callable(optimizer):
-            raise ConfigError(f"optim={optimizer!r} must build an optimizer from the parameters "
-                              "(a _target_ with _partial_: true)")
         self.save_hyperparameters(ignore=["net", "optimizer"])
+        # the optimizer as plain values, so checkpoints and loggers keep its settings
+        self.hparams["optimizer"] = _describe(optimizer)
         self.optimizer = optimizer
         self.net = net
         self.param_names = list(param_names)

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import SearchError
+from src.kernels.depthwise import use_fast_paths
 from src.layers.cells import default_reductions
 from src.layers.genotype import Genotype, reference_genotype, save_genotype
 from src.layers.ops import PRIMITIVES
@@ -149,6 +150,7 @@ def run_search(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.seed))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    use_fast_paths(cfg.speed.cpu_kernels, cfg.speed.fast_depthwise)
     dm = instantiate_clear(cfg.data)
     dm.setup("fit")
     in_channels = dm.sample_shape[0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from src.errors import ReportError
 from src.report.collect import collect, write_runs_csv
 from src.report.derive import derive
@@ -13,7 +15,10 @@ from src.report.page import render
 
 
 def sweep_dirs(value) -> list[Path]:
-    """`sweep_dir` as given (one path or a list) -> the paths; ReportError when unset or empty."""
+    """`sweep_dir` as given (one path or a list, a config list too) -> the paths; ReportError
+    when unset or empty."""
+    if OmegaConf.is_list(value):
+        value = OmegaConf.to_container(value, resolve=True)
     if value is None or value == "":
         raise ReportError("sweep_dir is not set (python report.py sweep_dir=SWEEP)")
     items = list(value) if isinstance(value, (list, tuple)) else [value]

@@ -7,17 +7,12 @@ from collections.abc import Mapping
 from src.errors import SimConfigError
 from src.sim.identity import validate_ranges
 from src.sim.nbody import SimSpec
+from src.util.checks import integer
 
 # no fork: a forked child copies torch's thread pools and their locks in whatever state the
 # parent left them, which can hang it
 START_METHODS = ("spawn", "forkserver")
 MPI_MODES = ("auto", "true", "false")
-
-
-def _positive_int(value, key: str) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise SimConfigError(f"campaign.{key}={value} must be a positive integer")
-    return value
 
 
 def campaign_settings(camp: Mapping, spec: SimSpec) -> dict:
@@ -27,11 +22,11 @@ def campaign_settings(camp: Mapping, spec: SimSpec) -> dict:
             raise SimConfigError(f"campaign.{key} is missing from the config")
         return camp[key]
 
-    n_sims = _positive_int(get("n_sims"), "n_sims")
-    workers = _positive_int(get("workers"), "workers")
+    n_sims = integer("campaign.n_sims", get("n_sims"), 1, SimConfigError)
+    workers = integer("campaign.workers", get("workers"), 1, SimConfigError)
     threads = get("threads_per_worker")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise SimConfigError(f"campaign.threads_per_worker={threads} must be null or >= 1")
+    if threads is not None:  # null: torch's default
+        threads = integer("campaign.threads_per_worker", threads, 1, SimConfigError)
     method = get("start_method")
     if method not in START_METHODS:
         raise SimConfigError(f"campaign.start_method={method!r} must be one of {START_METHODS}")

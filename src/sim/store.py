@@ -83,43 +83,34 @@ def inspect_simulation(path: str | Path) -> dict:
         raise DataError(f"{path}: corrupt or truncated HDF5 file ({err})") from err
 
 
-def verify_simulation(path: str | Path, entry: Mapping | None = None, full: bool = True) -> None:
-    """Raise DataError unless the file opens, matches its manifest entry and holds finite data."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file listed in the manifest is missing")
-    if entry is not None and entry.get("sha256") and file_checksum(path) != entry["sha256"]:
-        raise DataError(f"{path}: checksum differs from the manifest (corrupt or replaced file)")
-    if full:
-        x, y, _ = read_simulation(path)
-        if not (np.isfinite(x).all() and np.isfinite(y).all()):
-            raise DataError(f"{path}: contains NaN or inf values")
-    else:
-        inspect_simulation(path)
-
-
-def check_against_manifest(path: str | Path, entry: Mapping, sample_shape, n_params: int,
-                           full: bool = True) -> np.ndarray:
-    """The labels y of one file, after checking it against its manifest entry: present,
-    x shaped [n_sub, *sample_shape], y of `n_params` finite values; with `full` also its
-    checksum and finite x. Raises DataError naming the file and what is wrong."""
+def verify_simulation(path: str | Path, entry: Mapping | None = None, full: bool = True,
+                      sample_shape=None, n_params: int | None = None) -> np.ndarray:
+    """Check one simulation file and return its labels y; DataError naming the file and what
+    is wrong. Always: the file is there and opens, y is finite. With `entry` (its manifest
+    entry) and `full`: the checksum. With `sample_shape`: x is [n_sub, *sample_shape] (n_sub
+    from the entry when it says). With `n_params`: y has that many values. With `full`: x is
+    finite, scanned one sub-volume at a time so memory stays flat."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: listed in the manifest but missing")
+    entry = entry or {}
     if full and entry.get("sha256") and file_checksum(path) != entry["sha256"]:
         raise DataError(f"{path}: checksum differs from the manifest (corrupt or truncated)")
     info = inspect_simulation(path)
-    expect = (int(entry.get("n_sub", info["x_shape"][0])), *(int(s) for s in sample_shape))
-    if tuple(info["x_shape"]) != expect:
-        raise DataError(f"{path}: x has shape {tuple(info['x_shape'])}, the manifest says {expect}")
-    if info["y"].shape != (n_params,):
+    n_sub = int(entry.get("n_sub", info["x_shape"][0]))
+    if sample_shape is not None:
+        expect = (n_sub, *(int(s) for s in sample_shape))
+        if tuple(info["x_shape"]) != expect:
+            raise DataError(f"{path}: x has shape {tuple(info['x_shape'])}, the manifest says "
+                            f"{expect}")
+    if n_params is not None and info["y"].shape != (n_params,):
         raise DataError(
             f"{path}: y has shape {info['y'].shape}, the manifest names {n_params} parameters"
         )
     if not np.isfinite(info["y"]).all():
         raise DataError(f"{path}: y holds NaN/inf")
     if full:
-        _check_finite_x(path, expect[0])
+        _check_finite_x(path, n_sub)
     return info["y"]
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
-from src.kernels import cpu_kernels, depthwise
+from src.kernels.depthwise import use_fast_paths
 from src.models.regressor import CosmoRegressor
 from src.perf.host_malloc import keep_freed_memory
 from src.perf.peak import native_bf16
@@ -31,31 +31,33 @@ def build_datamodule(cfg: DictConfig):
 def build_module(cfg: DictConfig, dm) -> CosmoRegressor:
     c, d = dm.sample_shape[0], dm.sample_shape[1]
     net = instantiate_clear(cfg.model.net, in_channels=c, input_size=d, n_params=dm.n_params)
-    speed = cfg.get("speed") or {}
-    if speed.get("compile", False):
+    speed = cfg.speed
+    if speed.compile:
         net = torch.compile(net)
+    if not (cfg.optim.get("_target_") and cfg.optim.get("_partial_")):
+        raise ConfigError("optim: needs a _target_ (a torch optimizer class) and _partial_: true, "
+                          "so that the module can hand it the net's parameters")
     return CosmoRegressor(net, dm.param_names, dm.param_ranges,
                           optimizer=instantiate_clear(cfg.optim),
                           lars=OmegaConf.to_container(cfg.lars, resolve=True),
                           **OmegaConf.to_container(cfg.schedule, resolve=True),
-                          channels_last=bool(speed.get("channels_last", False)))
+                          channels_last=bool(speed.channels_last))
 
 
 def apply_speed_settings(speed) -> None:
     """Process-wide backend switches from the `speed` config group."""
     if not speed:
         return
-    torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark", False))
-    torch.set_float32_matmul_precision(str(speed.get("float32_matmul_precision", "highest")))
-    cpu_kernels.set_enabled(bool(speed.get("cpu_kernels", True)))
-    depthwise.set_fast_depthwise(bool(speed.get("fast_depthwise", True)))
+    torch.backends.cudnn.benchmark = bool(speed.cudnn_benchmark)
+    torch.set_float32_matmul_precision(str(speed.float32_matmul_precision))
+    use_fast_paths(speed.cpu_kernels, speed.fast_depthwise)
     apply_malloc_setting(speed)
 
 
 def apply_malloc_setting(speed) -> None:
-    """`speed.malloc_keep_mib` (null or absent: the C library's default)."""
-    if speed and speed.get("malloc_keep_mib") is not None:
-        keep_freed_memory(speed.get("malloc_keep_mib"))
+    """`speed.malloc_keep_mib` (null: the C library's default)."""
+    if speed and speed.malloc_keep_mib is not None:
+        keep_freed_memory(speed.malloc_keep_mib)
 
 
 def build_loggers(cfg: DictConfig) -> list:

@@ -30,12 +30,12 @@ def run_job(cfg: DictConfig) -> dict:
             with isolated_job():
                 return fit_job(cfg)
         launch_local(cfg)
+        saved = contract.read_job_record(out_dir / contract.METRICS_FILE)
+        if saved is None:
+            raise contract.ContractError(f"{out_dir / contract.METRICS_FILE}: the ranks exited "
+                                         "cleanly but rank 0 wrote no readable result")
     except Exception as err:
         if not (out_dir / contract.ERROR_FILE).is_file():  # a launched rank 0 records its own
             record_failure(out_dir, err)
         raise
-    saved = contract.read_job_record(out_dir / contract.METRICS_FILE)
-    if saved is None:
-        raise contract.ContractError(f"{out_dir / contract.METRICS_FILE}: the ranks exited "
-                                     "cleanly but rank 0 wrote no readable result")
     return saved

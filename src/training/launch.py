@@ -13,8 +13,10 @@ the sweep down. `num_nodes > 1` on one machine is emulated: one process group sp
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -116,7 +118,7 @@ def launch_local(cfg: DictConfig) -> Path:
                     env=env,
                     stdout=log_file,
                     stderr=subprocess.STDOUT if log_file else None,
-                    preexec_fn=die_with_parent,
+                    preexec_fn=functools.partial(die_with_parent, sig=signal.SIGTERM),
                 ),
                 log_file,
             )
