@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src.contract import METRICS_FILE
+from src.dist import global_rank
 from src.errors import UserError
 from src.training.job import run_job
 
@@ -38,7 +39,8 @@ def main(cfg: DictConfig) -> None:
         # bad input or a failed rank: one line naming the culprit (details in error.txt)
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"metrics: {Path(cfg.paths.output_dir) / METRICS_FILE}")
+    if global_rank() == 0:  # the rank that wrote it; the others' dirs hold no metrics.json
+        print(f"metrics: {Path(cfg.paths.output_dir) / METRICS_FILE}")
     return result
 
 

@@ -17,6 +17,13 @@ EMULATED_FLAG = "SAIH_EMULATED_NODES"
 MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS")
 
 
+# what a scheduler says about the ranks of this process's step (srun sets them per step; a
+# batch script, one process, has SLURM_NTASKS but no step count)
+SCHEDULER_TASKS_ENV = ("SLURM_STEP_NUM_TASKS",)
+# this process's global rank, as whoever started it says, in the order they are trusted
+RANK_ENV = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+
+
 def launched_by_mpi() -> bool:
     """An MPI launcher started this process (whatever the size of its world)."""
     return any(v in os.environ for v in MPI_ENV)
@@ -25,6 +32,25 @@ def launched_by_mpi() -> bool:
 def mpi_world_size() -> int:
     """Ranks of the MPI world this process was started in, as its launcher says (1: none)."""
     return int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1")))
+
+
+def under_batch_system() -> bool:
+    """Started by mpirun or inside a SLURM job: whatever looks like a terminal (Open MPI
+    forwards output through one) reaches a log file, where a redrawn bar becomes noise."""
+    return launched_by_mpi() or "SLURM_JOB_ID" in os.environ
+
+
+def scheduler_tasks() -> int:
+    """Tasks the scheduler started for this step (1: none, or not under a scheduler)."""
+    return max((int(os.environ[v]) for v in SCHEDULER_TASKS_ENV if v in os.environ), default=1)
+
+
+def global_rank() -> int:
+    """This process's rank in its job before any process group exists (0 when alone)."""
+    for var in RANK_ENV:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def cluster_launched() -> bool:

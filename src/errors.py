@@ -63,3 +63,11 @@ class ReportError(UserError):
 
 class LaunchError(UserError):
     """A rank of a locally launched job failed; the message carries the rank's own error."""
+
+
+class MemoryFitError(LaunchError):
+    """A job whose ranks would not fit in the memory this machine has left for them."""
+
+
+class SchedulerError(LaunchError):
+    """A job the cluster's scheduler refused, or that did not start within its limit."""

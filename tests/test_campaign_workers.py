@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,6 +113,9 @@ def test_mpi_parameter_server_with_three_ranks(tmp_path):
     assert proc.stdout.count("5 files") == 1 and "mpi" in proc.stdout
     manifest = read_manifest(data_dir)
     assert [e["id"] for e in manifest["files"]] == list(range(5))
+    assert manifest["campaign_run"] == {"mode": "mpi", "ranks": 3, "hosts": [socket.gethostname()]}
+    logs = proc.stdout + proc.stderr  # each rank names its role and host
+    assert "rank 0 on" in logs and "parameter server" in logs and "rank 2 on" in logs
     for entry in manifest["files"]:
         verify_simulation(data_dir / entry["file"], entry)
         assert entry["seed"] == sample_parameters(0, entry["id"], manifest["param_ranges"])[1]

@@ -103,11 +103,26 @@ def test_other_entry_configs_compose(config):
     assert compose_cfg(config, overrides)
 
 
-def test_slurm_launcher_config_names_a_launcher():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+@pytest.mark.parametrize("trainer, gpus", [("ddp_cpu", None), ("ddp", 4)])
+def test_slurm_launcher_takes_each_jobs_resources_from_its_trainer(trainer, gpus):
+    from src.training.slurm_queue import job_resources
+
+    overrides = ["hydra/launcher=slurm", f"trainer={trainer}", "trainer.num_nodes=8",
+                 "trainer.devices=4"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
-    assert get_class(cfg.hydra.launcher._target_).__name__ == "SlurmLauncher"
+        cfg = compose("train", overrides, return_hydra_config=True)
+    assert get_class(cfg.hydra.launcher._target_).__name__ == "GroupedSlurmLauncher"
+    params = job_resources(OmegaConf.to_container(cfg.hydra.launcher, resolve=True),
+                           OmegaConf.to_container(cfg.trainer, resolve=True))
+    assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (8, 4, gpus)
+
+
+def test_slurm_launcher_needs_a_number_of_devices():
+    from src.errors import SchedulerError
+    from src.training.slurm_queue import job_resources
+
+    with pytest.raises(SchedulerError, match="trainer.devices=auto"):
+        job_resources({"tasks_per_node": "auto", "gpus_per_node": "auto"}, {"accelerator": "gpu"})
 
 
 def _first_job_overrides(experiment: str) -> list[str]:

@@ -24,7 +24,7 @@ def test_nodes_axis_through_the_cli_emulates_nodes(tiny_data, tmp_path):
     one, two = (json.loads((sweep / j / "metrics.json").read_text())["config"] for j in ("0", "1"))
     assert (one["num_nodes"], one["world_size"], one["emulated"]) == (1, 1, False)
     assert (two["num_nodes"], two["devices"], two["world_size"], two["emulated"]) == (2, 1, 2, True)
-    assert "GLOBAL_RANK: 1" in (sweep / "1" / ".launch" / "rank1.log").read_text()
+    assert "rank 1 of 2 joined" in (sweep / "1" / ".launch" / "rank1.log").read_text()
     assert "nodes are emulated" in proc.stderr + proc.stdout
 
 
@@ -61,33 +61,3 @@ def test_changed_config_is_not_skipped(train_cfg):
     second = run(train_cfg("optim.lr=0.01"))
     assert first["config_hash"] != second["config_hash"]
     assert run(train_cfg("optim.lr=0.01"))["timing"] == second["timing"]  # same job: skipped
-
-
-def test_slurm_node_sweep_script_composes_a_valid_launcher(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from tests.conftest import CONF
-
-    # the script's exact train.py commands, captured by a stand-in `python` on PATH
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "$@" >> "$CAPTURE"\n')
-    fake.chmod(0o755)
-    script = str(ROOT / "scripts" / "slurm_node_sweep.sh")
-    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "CAPTURE": str(tmp_path / "calls")}
-    missing = subprocess.run(["bash", script, "root", "1 4"], env=env, capture_output=True, text=True)
-    assert missing.returncode != 0 and "DEVICES" in missing.stderr
-    subprocess.run(["bash", script, "root", "1 4", "model=small"], env={**env, "DEVICES": "2"},
-                   check=True)
-    calls = (tmp_path / "calls").read_text().splitlines()
-    assert len(calls) == 2
-    args = calls[1].split()
-    assert args[:2] == ["train.py", "-m"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", [a for a in args[2:] if not a.startswith("hydra.sweep")],
-                      return_hydra_config=True)
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["_target_"].endswith("SlurmLauncher")
-    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (4, 2, 2)

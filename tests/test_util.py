@@ -34,6 +34,24 @@ def test_progress_without_a_terminal_logs_plain_lines_with_the_rate(caplog):
     assert bar.rate() > 0
 
 
+def test_progress_rate_is_this_runs_items_over_its_time(monkeypatch, caplog):
+    clock = iter([100.0, 100.0, 110.0, 120.0, 120.0, 120.0])  # a fake clock: no real waiting
+    monkeypatch.setattr("src.util.progress.time.monotonic", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="src.util.progress")
+    bar = Progress(8, "simulating (mpi)", "sim", interval_s=1e9, terminal=False)
+    bar.advance(2)
+    bar.advance(2)  # 4 items in the 20 s since the start
+    bar.close()
+    assert "4/8, 0.2 sim/s, 0:00:20 elapsed, ETA 0:00:20" in caplog.records[-1].getMessage()
+
+
+def test_progress_under_mpi_or_slurm_logs_lines_even_on_a_terminal(monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    with Progress(2, "x") as bar:  # Open MPI and SLURM logs look like a terminal
+        assert bar._bar is None
+
+
 def test_disabled_progress_logs_nothing(caplog):
     caplog.set_level(logging.INFO, logger="src.util.progress")
     with Progress(3, "x", enabled=False, terminal=False) as bar:

@@ -47,6 +47,7 @@ def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir) -> dict:
     data_dir = Path(data_dir)
     job = _job(sim_cfg, settings, data_dir)
     ranks = Ranks.connect(settings["mpi"])
+    hosts = ranks.hosts()
     with contextlib.ExitStack() as held:
         # set-up and summary on the coordinator only; each verdict is shared with every rank
         # so that all return or fail alike
@@ -59,7 +60,8 @@ def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir) -> dict:
         def summary() -> dict:
             if errors:
                 raise SimError("; ".join(errors))
-            manifest = _write_manifest(data_dir, spec, job, settings["n_sims"])
+            ran = {"mode": workers.mode, "ranks": ranks.size, "hosts": hosts}
+            manifest = _write_manifest(data_dir, spec, {**job, "ran": ran}, settings["n_sims"])
             return {
                 "data_dir": str(data_dir), "manifest": str(manifest),
                 "n_files": settings["n_sims"],
@@ -86,6 +88,8 @@ def _header(spec: SimSpec, job: Mapping) -> dict:
         "campaign_seed": job["seed"],
         "campaign_sha256": job["campaign_sha256"],
         "sim": job["sim"],
+        # how the latest run of the campaign ran: serial, pool or mpi, its ranks and hosts
+        "campaign_run": job["ran"],
     }
 
 

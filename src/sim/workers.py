@@ -12,8 +12,10 @@ all with the same `map(job, todo, progress)`, each handing out ids dynamically:
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -24,7 +26,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 import torch
 
-from src.dist import launched_by_mpi
+from src.dist import launched_by_mpi, scheduler_tasks
 from src.errors import SimConfigError, SimError, UserError
 from src.sim.datadir import disk_full_means
 from src.sim.identity import sample_parameters
@@ -33,6 +35,7 @@ from src.sim.store import PARAM_NAMES, sim_filename, write_simulation
 from src.util.procs import die_with_parent
 from src.util.progress import Progress
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 # (infos of the finished simulations, failures reported by other ranks): a failure in this
 # process raises at once; one on another rank can only be reported, so the coordinator
@@ -81,9 +84,23 @@ def _init_pool_worker(threads: int | None, parent: int | None) -> None:
 
 # ---------------------------------------------------------------- this process among the ranks
 def _mpi_comm(mode: str):
-    """COMM_WORLD when this process is one of several MPI ranks, else None."""
-    if mode == "false" or (mode == "auto" and not launched_by_mpi()):
-        return None
+    """COMM_WORLD when this process is one of several MPI ranks, else None. Several tasks of
+    one scheduler step without an MPI world among them would each run the whole campaign:
+    that is refused."""
+    comm = None if mode == "false" or (mode == "auto" and not launched_by_mpi()) \
+        else _world(mode)
+    tasks = scheduler_tasks()
+    if comm is None and tasks > 1:
+        raise SimConfigError(
+            f"the scheduler started {tasks} tasks (SLURM_STEP_NUM_TASKS) but MPI sees a world of "
+            "1, so each task would run its own campaign: launch with `srun --mpi=pmix ...` (Open "
+            "MPI needs PMIx under srun), or run one task (srun -n 1) with campaign.mpi=false for "
+            "a local pool")
+    return comm
+
+
+def _world(mode: str):
+    """COMM_WORLD if it has several ranks, else None (mpi4py must import)."""
     try:
         from mpi4py import MPI
     except ImportError as err:
@@ -112,6 +129,11 @@ class Ranks:
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
         self.coordinator = self.rank == 0
+
+    def hosts(self) -> list[str]:
+        """The distinct hosts of all ranks (a collective: every rank calls it)."""
+        host = socket.gethostname()
+        return sorted(set(self.comm.allgather(host))) if self.comm is not None else [host]
 
     @classmethod
     def connect(cls, mpi_mode: str) -> Ranks:
@@ -199,8 +221,12 @@ class MpiServer:
         self.comm, self.threads = comm, threads
 
     def map(self, job: Mapping, todo: list, progress: Progress) -> Outcome:
-        if self.comm.Get_rank() == 0:
+        rank, host = self.comm.Get_rank(), socket.gethostname()
+        if rank == 0:
+            log.info("rank 0 on %s: parameter server, %d ids for %d workers", host, len(todo),
+                     self.comm.Get_size() - 1)
             return self._serve(todo, progress)
+        log.info("rank %d on %s: worker", rank, host)
         self._work(job)
         return [], []
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.dist import CHILD_FLAG, EMULATED_FLAG, cluster_launched, launched_rank_is_zero
 from src.errors import LaunchError, UserError
+from src.training.collective import open_job_group
 from src.training.fit import fit_job
 from src.training.records import record_failure, recorded_error
 from src.util.procs import die_with_parent
@@ -105,6 +106,7 @@ def launch_local(cfg: DictConfig) -> Path:
                 "MASTER_ADDR": str(cfg.launch.master_addr),
                 "MASTER_PORT": str(port),
                 "WORLD_SIZE": str(world),
+                "RANK": str(rank),
                 "NODE_RANK": str(rank // devices),
                 "LOCAL_RANK": str(rank % devices),
                 "OMP_NUM_THREADS": str(threads),
@@ -170,6 +172,7 @@ def main(cfg_path: str) -> None:
     cfg = OmegaConf.load(cfg_path)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
+        open_job_group(cfg)  # the ranks' joining and collectives wait launch.timeout_s at most
         fit_job(cfg)
     except Exception as err:
         rank0 = launched_rank_is_zero()

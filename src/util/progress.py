@@ -2,7 +2,8 @@
 
 Under mpirun, SLURM or a pipe there is no terminal to redraw a bar on, so progress is a log
 line every `interval_s` seconds (and one at the end) with the count, the rate since the start
-and the time left.
+and the time left. The rate counts only this run's items: a resumed campaign's files that
+were already there are not in `total`, so they cannot inflate it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+
+from src.dist import under_batch_system
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,9 @@ class Progress:
         self._t0 = self._last = time.monotonic()
         self._bar = self._task = None
         self._enabled = enabled and self.total > 0
-        if self._enabled and (sys.stderr.isatty() if terminal is None else terminal):
+        if terminal is None:
+            terminal = sys.stderr.isatty() and not under_batch_system()
+        if self._enabled and terminal:
             self._start_bar()
 
     def _start_bar(self) -> None:
