@@ -22,7 +22,8 @@ STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
 STATUS_MISSING = "missing"  # no metrics.json: still running, or killed before it wrote one
 
-SECTIONS = ("status", "error", "config_hash", "metrics", "config", "system", "history", "timing")
+SECTIONS = ("status", "error", "config_hash", "metrics", "config", "system", "history", "timing",
+            "split")
 
 # What the job ran as ("config" section), one value each.
 CONFIG_KEYS = (
@@ -37,6 +38,8 @@ SYSTEM_KEYS = (
     "torch", "lightning", "python",
 )
 TIMING_KEYS = ("fit_s",)
+# Which simulations trained and validated ("split" section; src/datamodules/split.py).
+SPLIT_KEYS = ("val_sim_ids", "train_sim_ids", "val_fraction", "split_seed")
 
 # Measured quantities ("metrics" section); docs/perf.md and docs/report.md define them.
 METRIC_NAMES = (
@@ -57,9 +60,20 @@ METRIC_NAMES = (
     "throughput_from_warmup",
     # data
     "staging_s",
+    # quality (src.callbacks.quality, src.quality; docs/report.md "Quality")
+    "baseline_mean_mse", "baseline_stats_mse", "baseline_mean_mae_norm", "baseline_stats_mae_norm",
+    "baseline_train_samples", "baseline_s", "skill", "skill_vs_mean",
+    "quality_target", "quality_target_metric", "quality_achieved", "quality_best",
+    "quality_penalty", "target_reached", "time_to_target_s", "epochs_to_target",
+    "samples_to_target", "flops_to_target", "valid_tflops_aggregate",
 )
 # One of each per regression target, e.g. val/mae_sigma_8 (physical units) and its _norm twin.
-PER_PARAMETER_METRICS = re.compile(r"val/mae_[A-Za-z0-9_]+?(_norm)?")
+# Per parameter too: val/mse_<p>, the baselines' baseline_<mean|stats>_mse_<p> and
+# baseline_<mean|stats>_mae_<p>_norm, and the skill scores skill_<p>, skill_vs_mean_<p>.
+PER_PARAMETER_METRICS = re.compile(
+    r"val/mae_[A-Za-z0-9_]+?(_norm)?|val/mse_[A-Za-z0-9_]+"
+    r"|baseline_(mean|stats)_(mse_[A-Za-z0-9_]+|mae_[A-Za-z0-9_]+_norm)"
+    r"|skill(_vs_mean)?_[A-Za-z0-9_]+")
 
 # Columns the report derives from the job's numbers (src.report.derive).
 DERIVED_KEYS = (
@@ -95,7 +109,7 @@ def job_record(status: str, error: str | None = None, **sections) -> dict:
     if unknown:
         raise ContractError(f"unknown metrics.json sections {sorted(unknown)}")
     for section, names in (("config", CONFIG_KEYS), ("system", SYSTEM_KEYS),
-                           ("timing", TIMING_KEYS)):
+                           ("timing", TIMING_KEYS), ("split", SPLIT_KEYS)):
         extra = set(sections.get(section) or {}) - set(names)
         if extra:
             raise ContractError(f"unknown {section} keys {sorted(extra)} (src/contract.py)")

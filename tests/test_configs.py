@@ -26,7 +26,8 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_options():
     for group in ("model", "optim", "schedule", "lars", "trainer", "speed", "logger",
-                  "callbacks", "data", "perf", "paths", "experiment", "debug", "sim"):
+                  "callbacks", "data", "perf", "paths", "experiment", "debug", "sim",
+                  "quality"):
         assert options(group), group
 
 

@@ -14,6 +14,7 @@ from src.datamodules.split import data_fraction
 from src.dist import EMULATED_FLAG
 from src.errors import DataError
 from src.sim.store import read_simulation
+from src.sim.synthetic import write_synthetic_dataset
 
 
 def make_dm(data_dir, world=1, rank=0, num_devices=1, **kwargs):
@@ -23,12 +24,28 @@ def make_dm(data_dir, world=1, rank=0, num_devices=1, **kwargs):
     return dm
 
 
+def test_split_of_existing_simulations_stays_put_when_simulations_are_added(tmp_path):
+    """The side of a simulation is a function of its id: 24 more simulations in the directory
+    leave the first 8 where they were; fractions still nest on the larger set."""
+    write_synthetic_dataset(tmp_path / "d", n_sims=8, size=4, n_sub=1, seed=0)
+    small = make_dm(tmp_path / "d", val_fraction=0.3)
+    write_synthetic_dataset(tmp_path / "d", n_sims=32, size=4, n_sub=1, seed=0)
+    big = make_dm(tmp_path / "d", val_fraction=0.3)
+    assert set(big.val_sim_ids) & set(range(8)) == set(small.val_sim_ids)
+    assert set(big.train_sim_ids) & set(range(8)) == set(small.train_sim_ids)
+    assert len(big.val_sim_ids) > len(small.val_sim_ids)
+    half = make_dm(tmp_path / "d", val_fraction=0.3, fraction="1/2")
+    np.testing.assert_array_equal(half.train_set.index, big.train_set.index[:len(half.train_set)])
+
+
 def test_split_keeps_whole_simulations_on_one_side(tiny_data):
     dm = make_dm(tiny_data)
     train_files = set(dm.train_set.index[:, 0].tolist())
     val_files = set(dm.val_set.index[:, 0].tolist())
     assert train_files and val_files and not train_files & val_files
-    assert len(val_files) == 2 and len(dm.val_set) == 16  # 25 % of 8 simulations, 8 subs each
+    # the seeded hash puts simulation 7 alone below val_fraction 0.25 (split_seed 0)
+    assert dm.val_sim_ids == [7] and len(dm.val_set) == 8 and len(dm.train_set) == 56
+    assert dm.train_sim_ids == list(range(7))
 
 
 @pytest.mark.parametrize("fraction", ["1/2", 0.25, "1/8"])
@@ -36,7 +53,7 @@ def test_fractions_are_nested_prefixes(tiny_data, fraction):
     full = make_dm(tiny_data, fraction=1)
     part = make_dm(tiny_data, fraction=fraction)
     n = len(part.train_set)
-    assert n == int(48 * data_fraction(fraction))
+    assert n == int(56 * data_fraction(fraction))
     np.testing.assert_array_equal(part.train_set.index, full.train_set.index[:n])
 
 
@@ -125,8 +142,8 @@ def test_augment_is_reproducible_from_the_seed(tiny_data):
 
 
 def test_fewer_validation_samples_than_ranks_is_a_clear_error(tiny_data):
-    with pytest.raises(DataError, match="16 validation samples .* for 17 ranks"):
-        make_dm(tiny_data, world=17)
+    with pytest.raises(DataError, match="8 validation samples .* for 9 ranks"):
+        make_dm(tiny_data, world=9)
 
 
 def test_loader_batches_have_contract_shapes(tiny_data):
@@ -139,4 +156,4 @@ def test_loader_batches_have_contract_shapes(tiny_data):
 def test_workers_open_their_own_files(tiny_data):
     dm = make_dm(tiny_data, batch_size=8, num_workers=2, persistent_workers=False)
     batches = list(dm.train_dataloader())
-    assert sum(len(b[0]) for b in batches) == 48
+    assert sum(len(b[0]) for b in batches) == 56

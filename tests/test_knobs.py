@@ -22,10 +22,22 @@ from train import run
 def test_configured_optimizer_is_the_one_that_trains(train_cfg):
     cfg = train_cfg("optim=sgd", "optim.lr=0.05")
     module = build_module(cfg, build_datamodule(cfg))
-    module._trainer = SimpleNamespace(estimated_stepping_batches=4)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=4, world_size=1)
     opt = module.configure_optimizers()["optimizer"]
     assert type(opt) is torch.optim.SGD and opt.defaults["lr"] == 0.05
     assert opt.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("rule, world, factor", [("none", 4, 1.0), ("linear", 4, 2.0),
+                                                  ("sqrt", 8, 2.0)])
+def test_lr_scales_with_the_global_batch(train_cfg, rule, world, factor):
+    """optim.lr is the rate at a global batch of schedule.lr_reference_batch; the global batch
+    is data.batch_size (2 here) x the world size."""
+    cfg = train_cfg("optim.lr=0.01", f"schedule.lr_scaling={rule}", "schedule.lr_reference_batch=4")
+    module = build_module(cfg, build_datamodule(cfg))
+    module._trainer = SimpleNamespace(estimated_stepping_batches=4, world_size=world)
+    opt = module.configure_optimizers()["optimizer"]
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(0.01 * factor)
 
 
 @pytest.mark.parametrize("model", ["medium", "large"])
@@ -106,3 +118,20 @@ def test_checkpoint_hparams_record_the_optimizer(train_cfg):
     assert module.hparams["optimizer"] == {"class": "torch.optim.adam.Adam", "lr": 0.003,
                                            "betas": [0.9, 0.999], "eps": 1e-8,
                                            "weight_decay": 0.0, "fused": True}
+
+
+def test_quality_knobs_reach_the_callback(train_cfg):
+    from src.callbacks.quality import QualityMonitor
+    from src.quality.target import QualityTarget
+    from src.training.build import build_callbacks
+
+    cfg = train_cfg("quality.target.metric=val_mae", "quality.target.param=sigma_8",
+                    "quality.target.factor=0.5", "quality.early_stop=true",
+                    "quality.baselines.pk_bins=2", "quality.baselines.ridge_alpha=0.5",
+                    "quality.baselines.max_train_samples=7", "quality.valid_flops.exponent=3",
+                    "quality.valid_flops.cap_at_one=false")
+    cb = next(cb for cb in build_callbacks(cfg) if isinstance(cb, QualityMonitor))
+    assert cb.target == QualityTarget("val_mae", "sigma_8", "summary_stats", 0.5, None)
+    assert cb.early_stop is True and (cb.exponent, cb.cap) == (3.0, False)
+    assert cb.baselines == {"enabled": True, "pk_bins": 2, "ridge_alpha": 0.5,
+                            "max_train_samples": 7}

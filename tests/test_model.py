@@ -120,7 +120,7 @@ def test_configured_adam_is_fused_and_steps_like_the_per_tensor_adam():
         torch.manual_seed(0)
         module = CosmoRegressor(CosmoFlowNet(1, 16, 3), ["a", "b", "c"], {k: (0, 1) for k in "abc"},
                                 optimizer=_adam(fused=fused))
-        module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+        module._trainer = SimpleNamespace(estimated_stepping_batches=10, world_size=1)
         opt = module.configure_optimizers()["optimizer"]
         assert opt.defaults["fused"] is fused
         start = torch.cat([p.detach().flatten() for p in module.net.parameters()])
@@ -140,12 +140,12 @@ def test_resumed_optimizer_keeps_this_runs_fused_setting():
 
     names, ranges = ["a", "b", "c"], {k: (0, 1) for k in "abc"}
     old = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, optimizer=_adam(fused=None))
-    old._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    old._trainer = SimpleNamespace(estimated_stepping_batches=10, world_size=1)
     checkpoint = {"optimizer_states": [old.configure_optimizers()["optimizer"].state_dict()]}
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["fused"] is None
 
     new = CosmoRegressor(CosmoFlowNet(1, 16, 3), names, ranges, optimizer=_adam(fused=True))
-    new._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    new._trainer = SimpleNamespace(estimated_stepping_batches=10, world_size=1)
     opt = new.configure_optimizers()["optimizer"]
     new.on_load_checkpoint(checkpoint)
     opt.load_state_dict(checkpoint["optimizer_states"][0])

@@ -27,7 +27,7 @@ def test_run_writes_complete_metrics(train_cfg, tmp_path):
         assert m[f"val/mae_{name}"] < m[f"val/mae_{name}_norm"]
     cfg = saved["config"]
     assert (cfg["model"], cfg["world_size"], cfg["input_size"], cfg["global_step"]) == ("small", 1, 16, 2)
-    assert cfg["n_train_samples"] == 48  # 6 of 8 simulations x 8 sub-volumes
+    assert cfg["n_train_samples"] == 56  # 7 of 8 simulations x 8 sub-volumes (split.py)
     assert cfg["data_staged_to"] == "ram"  # stage: auto, and the tiny set fits
     assert [s for s, _ in saved["history"]["train/loss"]] == [1, 2]
     assert (tmp_path / "job" / "checkpoints" / "last.ckpt").is_file()
@@ -41,6 +41,22 @@ def test_resume_from_last_continues_the_run(train_cfg, tmp_path):
     assert resumed["config"]["global_step"] == 5
     assert resumed["history"]["train/loss"][:3] == first["history"]["train/loss"]
     assert len(resumed["history"]["train/loss"]) == 5
+
+
+def test_resume_from_last_continues_from_the_latest_epoch(train_cfg, tmp_path):
+    """last.ckpt follows the latest epoch even when the best checkpoint stays put (here it is
+    the first epoch's by construction: the monitored `epoch` only grows), so ckpt_path=last
+    resumes where the run stopped, not at its best epoch."""
+    common = ["trainer.max_steps=-1", "trainer.limit_train_batches=2", "logger=none",
+              "callbacks.checkpoint.monitor=epoch", "callbacks.checkpoint.mode=min"]
+    first = run(train_cfg(*common, "trainer.max_epochs=3"))
+    assert first["config"]["global_step"] == 6
+    assert [p.name for p in (tmp_path / "job" / "checkpoints").glob("best-*")] == ["best-epoch=000.ckpt"]
+    assert torch.load(tmp_path / "job" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    resumed = run(train_cfg(*common, "trainer.max_epochs=4", "ckpt_path=last"))
+    assert resumed["config"]["global_step"] == 8 and resumed["config"]["epochs_done"] == 4
+    steps = [point[0] for point in resumed["history"]["train/loss"]]
+    assert steps == list(range(1, 9))  # the first run's six steps, then two new ones
 
 
 def test_logger_none_and_bf16(train_cfg):
@@ -100,7 +116,7 @@ def test_ddp_two_ranks_identical_weights_disjoint_samples(train_cfg, tmp_path):
     probes = [json.loads((out / f"probe_rank{r}.json").read_text()) for r in (0, 1)]
     assert {p["world"] for p in probes} == {2}
     a, b = (set(p["positions"]) for p in probes)
-    assert a and b and not a & b and len(a) == len(b) == 24
+    assert a and b and not a & b and len(a) == len(b) == 28
     w0, w1 = (torch.load(out / f"probe_rank{r}.pt") for r in (0, 1))
     initial = None
     for key in w0:

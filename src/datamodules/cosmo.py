@@ -68,6 +68,10 @@ class CosmoDataModule(L.LightningDataModule):
         self.staging_s = 0.0
         self.manifest = read_manifest(self.data_dir)  # fails fast on a missing dir/manifest
         self.param_names = list(self.manifest["param_names"])
+        # what decides a simulation's side of the split (docs/contracts.md)
+        self.sim_ids = [int(e["id"]) for e in self.manifest["files"]]
+        self.train_sim_ids: list[int] = []  # with a sample in this fraction's training set
+        self.val_sim_ids: list[int] = []
         self.sample_shape = tuple(int(s) for s in self.manifest["sample_shape"])
         self.train_set = self.val_set = None
 
@@ -105,9 +109,9 @@ class CosmoDataModule(L.LightningDataModule):
         hi = np.array([self.param_ranges[n][1] for n in self.param_names], dtype=np.float32)
         return (2.0 * (y - lo) / (hi - lo) - 1.0).astype(np.float32)
 
-    def split(self, n_files: int) -> tuple[np.ndarray, np.ndarray]:
-        """Simulation indices (train, val): whole simulations on one side."""
-        return split_simulations(n_files, self.val_fraction, self.split_seed, self.data_dir)
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """File indices (train, val): whole simulations on one side, by their manifest ids."""
+        return split_simulations(self.sim_ids, self.val_fraction, self.split_seed, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -115,11 +119,13 @@ class CosmoDataModule(L.LightningDataModule):
         files, raw_labels = self._check_files()
         labels = self._normalise_labels(raw_labels)
         n_subs = [int(e.get("n_sub", 1)) for e in self.manifest["files"]]
-        train_sims, val_sims = self.split(len(files))
+        train_sims, val_sims = self.split()
+        self.val_sim_ids = [self.sim_ids[i] for i in val_sims]
         train_all = sample_index(train_sims, n_subs)
         # One fixed seeded order; a fraction is a prefix of it, so fractions nest.
         train_index = train_all[nested_prefix(len(train_all), self.fraction, self.split_seed + 1)]
         n_take = len(train_index)
+        self.train_sim_ids = sorted({self.sim_ids[f] for f in train_index[:, 0].tolist()})
         rank, world = self._world()
         if n_take < world:
             raise DataError(

@@ -1,12 +1,15 @@
 """Which samples train and which validate: split by simulation, then a nested fraction.
 
-- The split puts whole simulations on one side (sub-volumes of one simulation never straddle it).
+- The split puts whole simulations on one side (sub-volumes of one simulation never straddle it),
+  decided by a seeded hash of each simulation's id: a simulation validates or trains whatever
+  else the directory holds, so quality at two data sizes is measured on the same simulations.
 - `fraction` takes a nested prefix of one fixed seeded order of training samples, so the
   1/8 run trains on a subset of the 1/4 run's samples (data-scaling curves stay comparable).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +29,37 @@ def data_fraction(value) -> float:
     return frac
 
 
-def split_simulations(n_files: int, val_fraction: float, seed: int,
+def split_unit(sim_id: int, seed: int) -> float:
+    """A number in [0, 1) that depends on (seed, simulation id) alone: sha256, not numpy's
+    generators, so it is the same on every platform and version."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(sim_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_simulations(sim_ids, val_fraction: float, seed: int,
                       data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Simulation indices (train, val): whole simulations on one side."""
-    order = np.random.default_rng(seed).permutation(n_files)
-    n_val = max(1, round(val_fraction * n_files)) if val_fraction > 0 else 0
-    if n_files - n_val < 1:
+    """Positions in `sim_ids` (train, val): whole simulations on one side.
+
+    A simulation validates when its `split_unit` is below `val_fraction`, so its side does not
+    depend on what else the directory holds: adding simulations leaves the others where they
+    were. Only where that puts no simulation on one side (a handful of simulations), the one
+    nearest the threshold moves over.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"data.val_fraction={val_fraction} must lie in [0, 1)")
+    units = np.array([split_unit(i, seed) for i in sim_ids])
+    if len(units) < (2 if val_fraction > 0 else 1):
         raise DataError(
-            f"{data_dir}: {n_files} simulation(s) cannot be split into train and val "
+            f"{data_dir}: {len(units)} simulation(s) cannot be split into train and val "
             f"with data.val_fraction={val_fraction}"
         )
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    is_val = units < val_fraction
+    if val_fraction > 0 and not is_val.any():
+        is_val[np.argmin(units)] = True
+    if is_val.all():
+        is_val[np.argmax(units)] = False
+    positions = np.arange(len(units))
+    return positions[~is_val], positions[is_val]
 
 
 def sample_index(sim_indices, n_subs) -> np.ndarray:

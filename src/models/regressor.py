@@ -3,7 +3,8 @@
 MSE on labels normalised to [-1, 1]; validation MAE per parameter in normalised and physical
 units; the configured optimizer (`optim`, a Hydra `_partial_`: it gets the parameters here)
 with an optional LARS trust ratio on its update (`lars`); linear warm-up then a configurable
-decay (`schedule`).
+decay (`schedule`), scaled with the global batch (`schedule.lr_scaling`); a warning when the
+predictions saturate the tanh head.
 """
 
 from __future__ import annotations
@@ -13,13 +14,26 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import OmegaConf
 from torch import nn
 
 from src.errors import ConfigError
+from src.layers.blocks import OUTPUT_SCALE
 from src.models.lars import clip_relative_update_, lars_targets
 
 DECAYS = ("constant", "cosine", "linear")
+LR_SCALINGS = ("none", "linear", "sqrt")
+# a prediction this close to the head's bound sits where tanh has next to no gradient
+SATURATED = 0.99 * OUTPUT_SCALE
+SATURATION_EARLY_STEPS, SATURATION_EVERY = 16, 64
+
+
+def lr_scale(rule: str, global_batch: int, reference_batch: int) -> float:
+    """Multiplier of optim.lr for a global batch: linear (Goyal et al.), sqrt (for adaptive
+    optimizers, Krizhevsky's rule) or none, relative to the batch the lr was set for."""
+    ratio = global_batch / reference_batch
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
 
 
 def _describe(optimizer) -> dict:
@@ -42,11 +56,18 @@ class CosmoRegressor(L.LightningModule):
         warmup_steps: int = 0,
         decay: str = "cosine",
         min_lr_ratio: float = 0.01,
+        lr_scaling: str = "none",
+        lr_reference_batch: int = 4,
+        batch_size: int = 1,
         channels_last: bool = False,
     ):
         super().__init__()
         if decay not in DECAYS:
             raise ConfigError(f"schedule.decay={decay!r}; choose one of {DECAYS}")
+        if lr_scaling not in LR_SCALINGS:
+            raise ConfigError(f"schedule.lr_scaling={lr_scaling!r}; choose one of {LR_SCALINGS}")
+        if int(lr_reference_batch) < 1:
+            raise ConfigError(f"schedule.lr_reference_batch={lr_reference_batch} must be >= 1")
         self.save_hyperparameters(ignore=["net", "optimizer"])
         # the optimizer as plain values, so checkpoints and loggers keep its settings
         self.hparams["optimizer"] = _describe(optimizer)
@@ -60,6 +81,7 @@ class CosmoRegressor(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.channels_last = channels_last
+        self._saturation_warned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -68,9 +90,27 @@ class CosmoRegressor(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = nn.functional.mse_loss(self(x).float(), y)
+        pred = self(x).float()
+        self._warn_if_saturated(pred)
+        loss = nn.functional.mse_loss(pred, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
         return loss
+
+    def _warn_if_saturated(self, pred: torch.Tensor) -> None:
+        """Once per run: most predictions at the tanh bound means the head has next to no
+        gradient left, and the run may never recover (a learning rate too high for it)."""
+        step = self.global_step
+        # reading the fraction syncs a GPU: every step early on, where a high lr kills the
+        # head, and then only now and then
+        if self._saturation_warned or (step >= SATURATION_EARLY_STEPS and step % SATURATION_EVERY):
+            return
+        frac = float((pred.detach().abs() > SATURATED).float().mean())
+        if frac > 0.5:
+            self._saturation_warned = True
+            rank_zero_warn(
+                f"step {self.global_step}: {frac:.0%} of the predictions saturate the tanh x "
+                f"{OUTPUT_SCALE} output head, whose gradient then vanishes; lower optim.lr or "
+                "raise schedule.warmup_steps")
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -78,7 +118,10 @@ class CosmoRegressor(L.LightningModule):
         n = len(x)
         self.log("val/loss", nn.functional.mse_loss(pred, y), prog_bar=True, sync_dist=True, batch_size=n)
         abs_err = (pred - y).abs().mean(dim=0)
+        sq_err = ((pred - y) ** 2).mean(dim=0)
         for i, name in enumerate(self.param_names):
+            # per-parameter MSE: the skill against the baselines (src/callbacks/quality.py)
+            self.log(f"val/mse_{name}", sq_err[i], sync_dist=True, batch_size=n)
             self.log(f"val/mae_{name}_norm", abs_err[i], sync_dist=True, batch_size=n)
             self.log(f"val/mae_{name}", abs_err[i] * self.half_range[i], sync_dist=True, batch_size=n)
 
@@ -115,6 +158,11 @@ class CosmoRegressor(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.optimizer(self.net.parameters())
+        hp = self.hparams
+        factor = lr_scale(hp.lr_scaling, hp.batch_size * self.trainer.world_size,
+                          int(hp.lr_reference_batch))
+        for group in opt.param_groups:  # before the scheduler records it as initial_lr
+            group["lr"] *= factor
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

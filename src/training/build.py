@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
@@ -41,6 +41,7 @@ def build_module(cfg: DictConfig, dm) -> CosmoRegressor:
                           optimizer=instantiate_clear(cfg.optim),
                           lars=OmegaConf.to_container(cfg.lars, resolve=True),
                           **OmegaConf.to_container(cfg.schedule, resolve=True),
+                          batch_size=dm.batch_size,  # per device: the lr scaling's global batch
                           channels_last=bool(speed.channels_last))
 
 
@@ -82,6 +83,9 @@ def build_callbacks(cfg: DictConfig) -> list:
     if not cfg.get("trainer", {}).get("enable_progress_bar", True):
         # trainer.enable_progress_bar=false alone must be enough (Lightning refuses a bar callback)
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    if not cfg.get("trainer", {}).get("enable_checkpointing", True):
+        # the same for trainer.enable_checkpointing=false and the two checkpoint callbacks
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
     return callbacks
 
 

@@ -61,6 +61,12 @@ def config_summary(cfg: DictConfig, trainer, dm) -> dict:
     }
 
 
+def split_summary(dm) -> dict:
+    """Which simulations trained and validated, so anyone can recompute a baseline."""
+    return {"val_sim_ids": list(dm.val_sim_ids), "train_sim_ids": list(dm.train_sim_ids),
+            "val_fraction": dm.val_fraction, "split_seed": dm.split_seed}
+
+
 def collect_metrics(trainer, callbacks) -> dict:
     metrics = {}
     for key, value in trainer.callback_metrics.items():
@@ -97,6 +103,9 @@ def fit_job(cfg: DictConfig) -> dict:
         if cfg.get("final_validate", True) and trainer.limit_val_batches != 0:
             trainer.validate(module, datamodule=dm, verbose=False)
             metrics.update(collect_metrics(trainer, []))
+        for cb in callbacks:  # scores of the final numbers (src/callbacks/quality.py)
+            if hasattr(cb, "finalize_metrics"):
+                metrics.update(cb.finalize_metrics(metrics))
     finally:
         end_wandb_run()
     metrics["staging_s"] = dm.staging_s
@@ -108,6 +117,7 @@ def fit_job(cfg: DictConfig) -> dict:
     payload = contract.job_record(
         contract.STATUS_COMPLETE, None, config_hash=config_hash, metrics=metrics,
         config=config_summary(cfg, trainer, dm), system=system_info(), history=history,
+        split=split_summary(dm),
         timing={"fit_s": fit_s})
     if trainer.is_global_zero:
         write_result(out_dir, payload)
