@@ -18,15 +18,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-# generate -> sweep (small + medium, 1 and 2 emulated nodes, two fractions) -> report.
+# generate -> sweep (small + medium, 1 and 2 emulated nodes, two fractions) -> one short
+# convergence job of the small model (does it beat the baselines?) -> report.
 # Idempotent: existing simulations and finished jobs are kept; the report is rewritten.
 # The report runs even when a job failed, and then make exits non-zero.
 demo: install
 	$(BIN)/python generate.py sim=tiny campaign.n_sims=16 paths.data_dir=$(DEMO_DIR)/data
 	$(BIN)/python train.py -m experiment=demo data.dir=$(DEMO_DIR)/data \
 		hydra.sweep.dir=$(DEMO_DIR)/sweep; status=$$?; \
-	$(BIN)/python report.py sweep_dir=$(DEMO_DIR)/sweep || status=1; \
-	echo "demo: metrics in $(DEMO_DIR)/sweep/*/metrics.json, report in $(DEMO_DIR)/sweep/report/summary.md"; \
+	$(BIN)/python train.py experiment=demo_convergence data.dir=$(DEMO_DIR)/data \
+		hydra.run.dir=$(DEMO_DIR)/convergence || status=1; \
+	$(BIN)/python report.py 'sweep_dir=[$(DEMO_DIR)/sweep,$(DEMO_DIR)/convergence]' \
+		report.out_dir=$(DEMO_DIR)/sweep/report || status=1; \
+	echo "demo: metrics in $(DEMO_DIR)/{sweep/*,convergence}/metrics.json, report in $(DEMO_DIR)/sweep/report/summary.md"; \
 	exit $$status
 
 test: install

@@ -16,15 +16,17 @@ import torch
 
 from src.perf import peak
 from src.util.cache import DEFAULT_CACHE_DIR
+from src.util.cpuinfo import cpu_model
 
 
 def bench(device: torch.device, budget: float) -> dict:
+    """Cache entries (median matmul FLOP/s with spread, best triad bytes/s) by cache key."""
     out = {}
-    for dtype in ("fp32", "bf16"):
-        out[f"matmul_{dtype}"] = peak.measure_matmul_flops(device, dtype, budget)
-    if device.type == "cuda":
-        out["matmul_tf32"] = peak.measure_matmul_flops(device, "tf32", budget)
-    out["triad"] = peak.measure_triad_bandwidth(device, budget)
+    dtypes = ("fp32", "bf16", "tf32") if device.type == "cuda" else ("fp32", "bf16")
+    for dtype in dtypes:
+        out[f"matmul_{dtype}"] = peak.measured_entry(
+            lambda dtype=dtype: peak.matmul_rates(device, dtype, budget))
+    out["triad"] = peak.measured_entry(lambda: peak.triad_rates(device, budget), pick="max")
     return out
 
 
@@ -42,18 +44,22 @@ def main() -> None:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda", 0))
     for device in devices:
-        name = peak._cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
+        name = cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
         t0 = time.perf_counter()
         res = bench(device, args.budget)
         took = time.perf_counter() - t0
         print(f"{device.type}: {name}{threads}  (machine key {peak.machine_key(device)})")
-        for key, value in res.items():
+        for key, e in res.items():
+            load = f", other processes {100 * e['other_cpu_frac']:.2g} % of the CPUs" \
+                if "other_cpu_frac" in e else ""
             if key == "triad":
-                print(f"  triad bandwidth      {value / 1e9:10.2f} GB/s")
+                print(f"  triad bandwidth      {e['value'] / 1e9:10.2f} GB/s (best of "
+                      f"{e['repeats']}){load}")
             else:
                 dtype = key.split("_", 1)[1]
-                print(f"  peak {dtype:5s} measured {value / 1e12:10.4f} TFLOP/s")
+                print(f"  peak {dtype:5s} measured {e['value'] / 1e12:10.4f} TFLOP/s (median of "
+                      f"{e['repeats']}, {e['min'] / 1e12:.4f}-{e['max'] / 1e12:.4f}){load}")
         chip = peak.chip_key(name) if device.type == "cuda" else None
         if chip:
             row = ", ".join(f"{k} {v / 1e12:g}" for k, v in peak.PEAK_TABLE[chip].items())

@@ -30,7 +30,7 @@ CONFIG_KEYS = (
     "model", "num_nodes", "devices", "world_size", "fraction", "precision", "batch_size",
     "global_batch_size", "input_size", "channels", "n_train_samples", "n_val_samples",
     "dataset_bytes", "data_staged_to", "max_epochs", "max_steps", "global_step", "epochs_done",
-    "accelerator", "strategy", "emulated", "data_dir", "seed",
+    "accelerator", "strategy", "emulated", "data_dir", "seed", "repeat", "repeat_of",
 )
 # The machine of rank 0 ("system" section).
 SYSTEM_KEYS = (
@@ -52,12 +52,22 @@ METRIC_NAMES = (
     "mem_activations_bytes", "mem_activations_source", "mem_activations_estimate_bytes",
     # ceilings of the device (src.perf.peak)
     "peak_flops_per_device", "peak_flops_source", "peak_flops_dtype",
+    "peak_flops_measured_at", "peak_flops_repeats", "peak_flops_spread",
+    "peak_flops_remeasured", "peak_flops_other_cpu_frac", "peak_exceeded",
     "mem_bandwidth_bytes_per_s", "mem_bandwidth_source",
     # throughput (src.callbacks.throughput)
     "samples_per_s", "samples_per_s_per_device", "step_time_s", "tflops_per_device",
     "tflops_aggregate", "mfu", "data_wait_frac", "data_wait_source", "loop_gap_frac",
     "monitor_overhead_frac", "throughput_steps", "throughput_samples", "throughput_paused_s",
     "throughput_from_warmup",
+    # spread over the measured windows (src.perf.timing.window_figures)
+    "samples_per_s_median", "samples_per_s_min", "samples_per_s_max", "samples_per_s_cv",
+    "throughput_windows", "measurement_stable", "measurement_note", "tflops_per_device_best",
+    "mfu_best_window",
+    # what else used the machine meanwhile (src.perf.contention)
+    "contention_other_cpu_frac", "contention_other_cpu_frac_max", "contention_steal_frac",
+    "contention_load_avg", "contention_intervals", "contention_intervals_busy",
+    "contention_gpu_processes", "measurement_contended", "contention_seen",
     # data
     "staging_s",
     # quality (src.callbacks.quality, src.quality; docs/report.md "Quality")
@@ -80,6 +90,9 @@ DERIVED_KEYS = (
     "pct_of_peak", "samples_per_s_aggregate", "time_per_epoch_s", "speedup", "ideal_speedup",
     "scaling_efficiency", "scaling_baseline", "weak_scaling_efficiency", "weak_world_ratio",
     "weak_baseline",
+    # repeats folded into one row (src.report.repeats) and the plausibility marks (flags)
+    "repeats", "repeat_spread", "tflops_aggregate_min", "tflops_aggregate_max",
+    "tflops_per_device_min", "tflops_per_device_max", "flags", "flag_reasons",
 )
 # Columns the report adds to name a job (src.report.collect).
 ROW_KEYS = ("run_id", "sweep", "job", "job_dir", "status", "error", "history", "overrides")

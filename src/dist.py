@@ -89,3 +89,12 @@ def ranks_on_this_machine(world_size: int, devices_per_node: int) -> int:
 def machine_leader(global_rank: int, local_rank: int) -> bool:
     """The one rank per machine that benchmarks it (ranks of one machine would contend)."""
     return global_rank == 0 if emulated_nodes() else local_rank == 0
+
+
+def job_root_pid() -> int:
+    """The process under which all of this machine's ranks of the job run: the launcher's
+    (our loopback launcher, torchrun, a SLURM step, mpirun) when one started this rank, else
+    this process. What runs outside its tree is not the job (src.perf.contention)."""
+    launched = (os.environ.get(CHILD_FLAG) or "TORCHELASTIC_RUN_ID" in os.environ
+                or "SLURM_STEP_ID" in os.environ or launched_by_mpi())
+    return os.getppid() if launched else os.getpid()

@@ -63,9 +63,12 @@ def test_history_keeps_the_configured_keys(train_cfg):
                            "callbacks.history.keys=[train/loss,val/loss,val/mae_sigma_8]"))
     history = result["history"]
     assert set(history) == {"train/loss", "val/loss", "val/mae_sigma_8"}
-    assert [s for s, _ in history["train/loss"]] == [1, 2, 3, 4]
-    assert [s for s, _ in history["val/mae_sigma_8"]] == [s for s, _ in history["val/loss"]]
-    assert history["val/mae_sigma_8"] and all(v > 0 for _, v in history["val/mae_sigma_8"])
+    assert [p[0] for p in history["train/loss"]] == [1, 2, 3, 4]
+    assert [p[0] for p in history["val/mae_sigma_8"]] == [p[0] for p in history["val/loss"]]
+    assert history["val/mae_sigma_8"] and all(p[1] > 0 for p in history["val/mae_sigma_8"])
+    # each point also carries the seconds since the fit started, rising
+    times = [p[2] for p in history["train/loss"]]
+    assert times == sorted(times) and times[0] >= 0
 
 
 def test_kernel_switches_are_config_keys():

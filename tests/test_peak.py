@@ -1,19 +1,19 @@
 """src/perf/peak.py: spec table, device-name parsing, measured CPU peaks and their cache."""
 
 import json
+import time
 
 import pytest
 import torch
 
 from src.perf import peak
 from src.perf.peak import (
-    PEAK_TABLE,
-    chip_key,
     dtype_key,
     memory_bandwidth,
     native_bf16,
     peak_flops,
 )
+from src.perf.peak_table import PEAK_TABLE, chip_key
 
 
 @pytest.mark.parametrize(
@@ -98,10 +98,13 @@ def test_accelerator_from_table(monkeypatch, tmp_path):
 
 
 def test_cpu_peak_measured_once_and_cached(tmp_path, monkeypatch):
-    measured, measure = [], peak.measure_matmul_flops
-    monkeypatch.setattr(peak, "measure_matmul_flops",
-                        lambda device, dtype, budget_s: measured.append(dtype)
-                        or measure(device, dtype, budget_s))
+    # no load reading: a peak measured under load is measured again (tested below), and the
+    # machine running this test may be busy
+    monkeypatch.setattr(peak.contention, "sample", lambda root: None)
+    measured, rates = [], peak.matmul_rates
+    monkeypatch.setattr(peak, "matmul_rates",
+                        lambda device, dtype, budget_s, min_repeats: measured.append(dtype)
+                        or rates(device, dtype, budget_s, min_repeats))
     fp32, src32 = peak_flops("cpu", "fp32", cache_dir=tmp_path, budget_s=0.2)
     bf16, src16 = peak_flops("cpu", "bf16", cache_dir=tmp_path, budget_s=0.2)
     assert src32 == src16 == "measured"
@@ -110,9 +113,65 @@ def test_cpu_peak_measured_once_and_cached(tmp_path, monkeypatch):
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and peak.machine_key("cpu") in files[0].name
     cached = json.loads(files[0].read_text())
-    assert cached["matmul_fp32"] == fp32 and cached["matmul_bf16"] == bf16
+    entry = cached["matmul_fp32"]
+    assert entry["value"] == fp32 and cached["matmul_bf16"]["value"] == bf16
+    # a median over repeats, with its spread, time and the load it was taken under
+    assert entry["repeats"] >= 5 and entry["min"] <= fp32 <= entry["max"]
+    assert entry["measured_at"]
     assert peak_flops("cpu", "fp32", cache_dir=tmp_path) == (fp32, "measured")
     assert measured == ["fp32", "bf16"]  # the second call read the cache
+
+
+def test_measured_entry_records_the_load():
+    entry = peak.measured_entry(lambda: time.sleep(0.1) or [3.0, 1.0, 2.0])
+    assert (entry["value"], entry["min"], entry["max"], entry["repeats"]) == (2.0, 1.0, 3.0, 3)
+    assert 0.0 <= entry["other_cpu_frac"] <= 1.0 and entry["load_avg"] >= 0.0
+    assert peak.measured_entry(lambda: [3.0, 1.0], pick="max")["value"] == 3.0
+
+
+def _fake_entry(value: float, load: float) -> dict:
+    return {"value": value, "min": value, "max": value, "repeats": 5,
+            "measured_at": "2026-01-01T00:00:00+00:00", "other_cpu_frac": load}
+
+
+def test_peak_measured_under_load_is_measured_again(tmp_path):
+    path = tmp_path / f"peak-{peak.machine_key('cpu')}.json"
+    peak._write_cache(path, {"matmul_fp32": _fake_entry(1e9, load=0.9)})
+    calls = []
+
+    def measure(value, load):
+        return lambda: calls.append(value) or _fake_entry(value, load)
+
+    # still busy now, and lower: the higher of the two busy measurements stays
+    entry = peak.cached_entry(tmp_path, "cpu", "matmul_fp32", measure(5e8, 0.8), max_load=0.2)
+    assert entry["value"] == 1e9 and entry["remeasured"] == "measured under load"
+    # quiet now: the quiet one replaces the busy one, even when lower, and then stays
+    entry = peak.cached_entry(tmp_path, "cpu", "matmul_fp32", measure(8e8, 0.01), max_load=0.2)
+    assert entry["value"] == 8e8
+    entry = peak.cached_entry(tmp_path, "cpu", "matmul_fp32", measure(1.0, 0.0), max_load=0.2)
+    assert entry["value"] == 8e8 and entry["remeasured"] == "" and calls == [5e8, 8e8]
+
+
+def test_peak_beaten_by_a_job_is_measured_again(tmp_path):
+    path = tmp_path / f"peak-{peak.machine_key('cpu')}.json"
+    peak._write_cache(path, {"matmul_fp32": _fake_entry(1e9, load=0.0)})
+    higher = peak.cached_entry(tmp_path, "cpu", "matmul_fp32", lambda: _fake_entry(3e9, 0.0),
+                               force=True)
+    assert higher["value"] == 3e9 and higher["remeasured"] == "exceeded by a job"
+    # a forced measurement that comes out lower keeps the higher ceiling
+    kept = peak.cached_entry(tmp_path, "cpu", "matmul_fp32", lambda: _fake_entry(2e9, 0.0),
+                             force=True)
+    assert kept["value"] == 3e9
+
+
+def test_peak_metrics_carry_the_provenance():
+    m = peak.peak_metrics({**_fake_entry(2e9, 0.1), "min": 1.8e9, "max": 2.2e9,
+                           "remeasured": "", "source": "measured"}, "fp32")
+    assert m["peak_flops_per_device"] == 2e9 and m["peak_flops_repeats"] == 5
+    assert m["peak_flops_spread"] == pytest.approx(0.2)
+    assert m["peak_flops_other_cpu_frac"] == 0.1 and m["peak_flops_measured_at"]
+    assert "peak_flops_measured_at" not in peak.peak_metrics(
+        {"value": 1e12, "source": "override"}, "fp32")
 
 
 def test_corrupt_cache_is_remeasured(tmp_path):
@@ -120,7 +179,7 @@ def test_corrupt_cache_is_remeasured(tmp_path):
     path.write_text("{not json")
     value, source = peak_flops("cpu", "fp32", cache_dir=tmp_path, budget_s=0.05)
     assert source == "measured" and value > 1e9
-    assert json.loads(path.read_text())["matmul_fp32"] == value
+    assert json.loads(path.read_text())["matmul_fp32"]["value"] == value
 
 
 def test_triad_bandwidth(tmp_path):

@@ -29,7 +29,7 @@ def test_run_writes_complete_metrics(train_cfg, tmp_path):
     assert (cfg["model"], cfg["world_size"], cfg["input_size"], cfg["global_step"]) == ("small", 1, 16, 2)
     assert cfg["n_train_samples"] == 56  # 7 of 8 simulations x 8 sub-volumes (split.py)
     assert cfg["data_staged_to"] == "ram"  # stage: auto, and the tiny set fits
-    assert [s for s, _ in saved["history"]["train/loss"]] == [1, 2]
+    assert [p[0] for p in saved["history"]["train/loss"]] == [1, 2]
     assert (tmp_path / "job" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "job" / "csv" / "version_0" / "metrics.csv").is_file()
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from torch.utils.data import DataLoader
 
+from src.util.stats import spread
+
 WARMUP_END = "warmup_end"  # the warm-up steps are done: the first measured window opens
 WINDOW_END = "window_end"  # a measured window closed (its stretch: `StepClock.closed`)
 
@@ -260,3 +262,31 @@ class _TimedIterator:
 
     def __len__(self) -> int:
         return len(self._iterator)
+
+
+def window_figures(rates: Sequence[float], world: int, flops_train=None, peak=None,
+                   max_cv: float = 0.1, min_windows: int = 3) -> dict:
+    """The spread of a run's windows, from each window's samples/s summed over ranks: median,
+    min, max, coefficient of variation, their count, and `measurement_stable` (at least
+    `min_windows` windows and a CV of at most `max_cv`). The best window's FLOP/s per device
+    and MFU are there to check the peak: a window above it means the peak is wrong."""
+    s = spread(rates)
+    if s is None:
+        return {"throughput_windows": 0, "measurement_stable": False,
+                "measurement_note": "no measured window"}
+    note = ""
+    if s["n"] < min_windows:
+        note = f"only {s['n']} measured window(s), fewer than {min_windows}"
+    elif s["cv"] > max_cv:
+        note = (f"samples/s varied by {100 * s['cv']:.3g} % (CV) over {s['n']} windows, "
+                f"above {100 * max_cv:.3g} %")
+    out: dict[str, float | int | bool | str] = {
+        "samples_per_s_median": s["median"], "samples_per_s_min": s["min"],
+        "samples_per_s_max": s["max"], "samples_per_s_cv": s["cv"], "throughput_windows": s["n"],
+        "measurement_stable": not note, "measurement_note": note,
+    }
+    if flops_train:
+        out["tflops_per_device_best"] = s["max"] / world * flops_train / 1e12
+        if peak:
+            out["mfu_best_window"] = out["tflops_per_device_best"] * 1e12 / peak
+    return out

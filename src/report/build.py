@@ -1,5 +1,5 @@
-"""The report pipeline behind report.py: sweep dirs -> rows -> derived columns -> runs.csv,
-figures and summary.md."""
+"""The report pipeline behind report.py: sweep dirs -> job rows -> repeats folded -> derived
+columns -> plausibility flags -> runs.csv, figures and summary.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from src.errors import ReportError
 from src.report.collect import collect, write_runs_csv
 from src.report.derive import derive
 from src.report.figures import make_all
+from src.report.flags import flag_rows
 from src.report.page import render
+from src.report.repeats import fold_repeats
 
 
 def sweep_dirs(value) -> list[Path]:
@@ -29,13 +31,16 @@ def sweep_dirs(value) -> list[Path]:
 
 def build_report(sweeps: list[Path], rcfg: dict) -> dict:
     """Write the report; returns {"summary": path, "runs_csv": path, "figures": [paths]}."""
-    rows, notes = collect(sweeps)
+    jobs, notes = collect(sweeps)
+    rows = fold_repeats(jobs)  # one row per configuration from here on
     groups = derive(rows, rcfg["keys"]["strong_scaling"], rcfg["keys"]["weak_scaling"])
+    flag_rows(rows, rcfg.get("tolerances") or {})
     out_dir = Path(rcfg["out_dir"]).expanduser() if rcfg.get("out_dir") else sweeps[0] / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_csv = write_runs_csv(rows, out_dir / "runs.csv")
     figures = make_all(rows, groups, out_dir, rcfg, notes) if rcfg.get("figures", True) else []
-    text = render(rows, groups, rcfg, [str(s) for s in sweeps], [f.name for f in figures], notes)
+    text = render(rows, groups, rcfg, [str(s) for s in sweeps], [f.name for f in figures], notes,
+                  jobs)
     summary = out_dir / "summary.md"
     summary.write_text(text, encoding="utf-8")
     return {"summary": summary, "runs_csv": runs_csv, "figures": figures}

@@ -6,7 +6,6 @@ file name it wrote, or None when the sweep has no data for it (and says why in `
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,33 +14,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from src.report import derive as d  # noqa: E402
-from src.report.fmt import DAGGER, fmt_fraction, fmt_nodes, si_scale  # noqa: E402
+from src.report.fmt import fmt_fraction, fmt_nodes, si_scale  # noqa: E402
+from src.report.loss_figure import loss_curves  # noqa: E402
+from src.report.plot_style import (  # noqa: E402
+    MARKERS,
+    emulated_handle,
+    errorbars,
+    flagged_handle,
+    label,
+    plain_log_ticks,
+    scaled,
+    varying,
+)
+from src.report.repeats import bounds  # noqa: E402
 
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 # The memory ceiling of the roofline: the triad bandwidth the throughput callback measures.
 BANDWIDTH_KEY = "mem_bandwidth_bytes_per_s"
-
-
-def _label(key: dict, vary: Sequence[str]) -> str:
-    parts = []
-    for field in vary:
-        value = key.get(field)
-        if field == "fraction":
-            parts.append(f"frac {fmt_fraction(value)}")
-        elif field == "num_nodes":
-            parts.append(f"{value} node{'' if str(value) == '1' else 's'}")
-        else:
-            parts.append(str(value))
-    return " \u00b7 ".join(parts) or "all runs"
-
-
-def _varying(rows: list[dict], fields: Sequence[str]) -> list[str]:
-    """The fields of a line key that differ between runs; the model always names a line."""
-    return [f for f in fields if f == "model" or len({str(r.get(f)) for r in rows}) > 1]
 
 
 def _lines(rows: list[dict], fields: Sequence[str], x_key: Callable[[dict], float | None]):
@@ -62,16 +53,14 @@ def _log2_axis(ax, values: Sequence[float], fmt: Callable[[float], str]) -> None
         ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
 
 
-def _emulated_handle() -> Line2D:
-    return Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="--",
-                  label=f"{DAGGER} emulated nodes (one machine)")
-
-
 def _finish(fig, ax, path: Path, rows: list[dict], dpi: int, below: bool = False):
     handles, labels = ax.get_legend_handles_labels()
     if any(d.is_emulated(r) for r in rows):
-        handles.append(_emulated_handle())
-        labels.append(_emulated_handle().get_label())
+        handles.append(emulated_handle())
+        labels.append(emulated_handle().get_label())
+    if any(r.get("flags") for r in rows):
+        handles.append(flagged_handle())
+        labels.append(flagged_handle().get_label())
     if handles and below:  # where the legend must not hide lines or points
         ax.legend(handles, labels, fontsize="small", loc="upper center",
                   bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
@@ -85,51 +74,45 @@ def _finish(fig, ax, path: Path, rows: list[dict], dpi: int, below: bool = False
 
 
 def _plot_lines(ax, lines: dict, fields: Sequence[str], vary: Sequence[str],
-                x_of: Callable, y_of: Callable, scale: float) -> None:
+                x_of: Callable, y_of: Callable, scale: float, err_key: str) -> None:
     for i, (key, runs) in enumerate(lines.items()):
         runs = [r for r in runs if y_of(r) is not None]
         if runs:
             keyd = dict(zip(fields, key, strict=True))
             if "num_nodes" in keyd:
                 keyd["num_nodes"] = fmt_nodes(runs[0])  # dagger for emulated nodes
-            _series(ax, runs, x_of, lambda r: y_of(r) / scale, i, _label(keyd, vary))
+            _series(ax, runs, x_of, lambda r: y_of(r) / scale, i, label(keyd, vary),
+                    err_of=lambda r: scaled(bounds(r, err_key), 1 / scale))
 
 
 def _series(ax, runs: list[dict], x_of: Callable, y_of: Callable, i: int, label: str | None,
-            linestyle: str | None = None, marker: str | None = None) -> None:
-    """One line; its emulated points get white (hollow) markers drawn over the filled ones."""
+            linestyle: str | None = None, marker: str | None = None,
+            err_of: Callable | None = None) -> None:
+    """One line; its emulated points get white (hollow) markers drawn over the filled ones,
+    its min-max bars and red rings on flagged points."""
     color, marker = f"C{i % 10}", marker or MARKERS[i % len(MARKERS)]
     ax.plot([x_of(r) for r in runs], [y_of(r) for r in runs], color=color, marker=marker,
             label=label,
             linestyle=linestyle or ("--" if any(d.is_emulated(r) for r in runs) else "-"))
+    errorbars(ax, runs, x_of, y_of, err_of or (lambda r: None), color)
     hollow = [r for r in runs if d.is_emulated(r)]
     if hollow:
         ax.plot([x_of(r) for r in hollow], [y_of(r) for r in hollow], color=color,
                 marker=marker, markerfacecolor="white", linestyle="none")
 
 
-def _plain_log_ticks(axis) -> None:
-    # '0.2' reads better than '2x10^-1' on a log axis.
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-
-    def minor(v, _):  # only 2x and 5x a power of ten, or the labels collide
-        return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 5) else ""
-
-    axis.set_minor_formatter(FuncFormatter(minor))
-
-
 def _flops_vs(rows, path, *, x_field, y_of, fields, title, ylabel, xlabel, xfmt, dpi,
-              nodes_axis=True):
+              err_key, nodes_axis=True):
     x_of = (lambda r: d.num(r, x_field))  # noqa: E731
     data = [r for r in rows if y_of(r) is not None and x_of(r) is not None]
     if not data:
         return None
     lines = _lines(data, fields, x_of)
-    vary = _varying(data, fields)
+    vary = varying(data, fields)
     scale, prefix = si_scale(max(y_of(r) for r in data) * 1e12)
     scale /= 1e12  # values are in TFLOP/s
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _plot_lines(ax, lines, fields, vary, x_of, y_of, scale)
+    _plot_lines(ax, lines, fields, vary, x_of, y_of, scale, err_key)
     _log2_axis(ax, [x_of(r) for r in data], xfmt)
     emulated = nodes_axis and any(d.is_emulated(r) for r in data)
     ax.set_xlabel(xlabel + (" (hollow markers: emulated)" if emulated else ""))
@@ -145,21 +128,21 @@ def _int_fmt(x: float) -> str:
 
 def aggregate_vs_nodes(rows, out_dir: Path, fields, dpi) -> str | None:
     return _flops_vs(rows, out_dir / "aggregate_tflops_vs_nodes.png", x_field="num_nodes",
-                     y_of=d.tflops_aggregate, fields=fields,
+                     y_of=d.tflops_aggregate, fields=fields, err_key="tflops_aggregate",
                      title="Aggregate throughput vs nodes", ylabel="aggregate throughput",
                      xlabel="nodes", xfmt=_int_fmt, dpi=dpi)
 
 
 def per_device_vs_nodes(rows, out_dir: Path, fields, dpi) -> str | None:
     return _flops_vs(rows, out_dir / "per_device_tflops_vs_nodes.png", x_field="num_nodes",
-                     y_of=d.tflops_per_device, fields=fields,
+                     y_of=d.tflops_per_device, fields=fields, err_key="tflops_per_device",
                      title="Per-device throughput vs nodes", ylabel="throughput per device",
                      xlabel="nodes", xfmt=_int_fmt, dpi=dpi)
 
 
 def per_device_vs_fraction(rows, out_dir: Path, fields, dpi) -> str | None:
     return _flops_vs(rows, out_dir / "per_device_tflops_vs_fraction.png", x_field="fraction",
-                     y_of=d.tflops_per_device, fields=fields,
+                     y_of=d.tflops_per_device, fields=fields, err_key="tflops_per_device",
                      title="Per-device throughput vs data fraction",
                      ylabel="throughput per device", xlabel="data fraction of the training set",
                      xfmt=fmt_fraction, dpi=dpi, nodes_axis=False)
@@ -169,12 +152,14 @@ def speedup_vs_nodes(groups: dict, out_dir: Path, fields, dpi) -> str | None:
     if not groups["strong"]:
         return None
     runs_all = [r for g in groups["strong"] for r in g["runs"]]
-    vary = _varying(runs_all, fields)
+    vary = varying(runs_all, fields)
     nodes = lambda r: d.num(r, "num_nodes")  # noqa: E731
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, g in enumerate(groups["strong"]):
         runs = sorted(g["runs"], key=nodes)
-        _series(ax, runs, nodes, lambda r: r["speedup"], i, _label(g["key"], vary))
+        _series(ax, runs, nodes, lambda r: r["speedup"], i, label(g["key"], vary),
+                err_of=lambda r: scaled(bounds(r, "tflops_aggregate"),
+                                         r["speedup"] / d.tflops_aggregate(r)))
         ax.plot([nodes(r) for r in runs], [r["ideal_speedup"] for r in runs], color="0.5",
                 linestyle=":", linewidth=1.5, label="ideal (world-size ratio)" if i == 0 else None)
     _log2_axis(ax, [nodes(r) for r in runs_all], _int_fmt)
@@ -189,59 +174,6 @@ def speedup_vs_nodes(groups: dict, out_dir: Path, fields, dpi) -> str | None:
     ax.set_ylabel("speed-up (\u00d7, ratio of aggregate FLOP/s)")
     ax.set_title("Strong-scaling speed-up vs ideal")
     return _finish(fig, ax, out_dir / "speedup_vs_nodes.png", runs_all, dpi)
-
-
-def loss_curves(rows, out_dir: Path, dpi, max_runs_per_model: int) -> str | None:
-    done = [r for r in d.complete(rows)
-            if any((r.get("history") or {}).get(k) for k in ("train/loss", "val/loss"))]
-    if not done:
-        return None
-    models = sorted({str(r.get("model")) for r in done})
-    vary = _varying(done, ["num_nodes", "fraction", "precision"])
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 5.2), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        runs = [r for r in done if str(r.get("model")) == model][:max_runs_per_model]
-        positive = True
-        for i, r in enumerate(runs):
-            color, hollow = f"C{i % 10}", d.is_emulated(r)
-            key = {"num_nodes": fmt_nodes(r), "fraction": r.get("fraction"),
-                   "precision": r.get("precision")}
-            label = _label(key, vary) if vary else f"job {r.get('run_id')}"
-            for name in ("train/loss", "val/loss"):
-                points = [p for p in (r["history"].get(name) or [])
-                          if len(p) >= 2 and p[1] is not None]
-                if not points:
-                    continue
-                ys = [p[1] for p in points]
-                positive &= all(y > 0 for y in ys)
-                train = name == "train/loss"
-                ax.plot([p[0] for p in points], ys, color=color,
-                        linestyle=("--" if hollow else "-") if train else "none",
-                        marker=None if train else "o", markersize=6,
-                        markerfacecolor="white" if hollow else color, label=label)
-                label = None  # one legend entry per run
-        if positive:
-            ax.set_yscale("log")
-            _plain_log_ticks(ax.yaxis)
-        ax.set_title(f"model {model}")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.grid(True, alpha=0.3)
-        handles, _ = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="0.3", label="train/loss (line)"),
-                    Line2D([], [], color="0.3", marker="o", linestyle="none",
-                           label="val/loss (dots)")]
-        if any(d.is_emulated(r) for r in runs):
-            handles.append(_emulated_handle())
-        # Below the axes: many runs would hide the curves.
-        ax.legend(handles=handles, fontsize="x-small", loc="upper center",
-                  bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    fig.suptitle("Loss curves per model")
-    fig.tight_layout()
-    path = out_dir / "loss_curves.png"
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
 
 
 def roofline(rows, out_dir: Path, dpi, notes: list[str]) -> str | None:
@@ -281,12 +213,13 @@ def roofline(rows, out_dir: Path, dpi, notes: list[str]) -> str | None:
         runs = [r for r in done if str(r.get("model")) == model]
         _series(ax, runs, lambda r: d.num(r, "arithmetic_intensity"),
                 lambda r: d.tflops_per_device(r) * 1e12 / scale, i, f"model {model}",
-                linestyle="none")
+                linestyle="none",
+                err_of=lambda r: scaled(bounds(r, "tflops_per_device"), 1e12 / scale))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(top=max(p for _, p in peaks) / scale * 1.6)  # room above the highest ceiling
-    _plain_log_ticks(ax.xaxis)
-    _plain_log_ticks(ax.yaxis)
+    plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.yaxis)
     ax.set_xlabel("arithmetic intensity (FLOP/byte)")
     ax.set_ylabel(f"achieved throughput per device ({prefix}FLOP/s)")
     ax.set_title("Roofline: each run on the measured compute and bandwidth ceilings")
@@ -310,7 +243,8 @@ def make_all(rows: list[dict], groups: dict, out_dir: Path, cfg: dict,
         per_device_vs_nodes(done, out_dir, keys["nodes_line"], dpi),
         per_device_vs_fraction(done, out_dir, keys["fraction_line"], dpi),
         speedup_vs_nodes(groups, out_dir, keys["strong_scaling"], dpi),
-        loss_curves(done, out_dir, dpi, int(cfg.get("loss_curves_max_runs", 12))),
+        loss_curves(done, out_dir, dpi, int(cfg.get("loss_curves_max_runs", 12)),
+                    str(cfg.get("loss_curves_x", "step"))),
         roofline(done, out_dir, dpi, notes),
     ]
     if names[3] is None:

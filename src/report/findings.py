@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from src.report import derive as d
+from src.report.flags import MARK, describe, flagged
 from src.report.fmt import DAGGER, fmt_fraction, fmt_nodes, fmt_num, fmt_range, fmt_si_range
+from src.report.model_scaling import finding2
+from src.report.quality import beat_baselines, bigger_models, global_batch
 
 
 def _where(r: dict) -> str:
@@ -46,7 +49,21 @@ def data_loading(done: list[dict], limit: float) -> list[str]:
             f"run (highest {fmt_num(100 * wait(top))} %, {_where(top)})."]
 
 
-def strong_scaling(groups: dict, floor: float) -> list[str]:
+def plausibility(every: list[dict], include_flagged: bool) -> list[str]:
+    """The runs whose numbers the report does not believe, each with what was seen and its
+    likely cause (src.report.flags)."""
+    bad = [r for r in every if flagged(r)]
+    if not bad:
+        return []
+    where = ("still counted in Table 8's ranges (report.include_flagged)" if include_flagged
+             else "left out of Table 8's ranges and of the findings below "
+                  "(report.include_flagged=true keeps them)")
+    return [f"{MARK} {len(bad)} of {len(every)} run{'s' if len(every) != 1 else ''} "
+            f"{'are' if len(bad) != 1 else 'is'} flagged and {where}: "
+            + "; ".join(f"{describe(r)} [{_where(r)}]" for r in bad) + "."]
+
+
+def strong_scaling(groups: dict, floor: float, include_flagged: bool = True) -> list[str]:
     if not groups["strong"]:
         if groups.get("unmeasured", {}).get("strong"):
             return ["Runs at several node counts recorded no throughput, so there is no "
@@ -56,7 +73,7 @@ def strong_scaling(groups: dict, floor: float) -> list[str]:
     drops, lowest = [], None
     for g in groups["strong"]:
         for r in g["runs"]:
-            if r["ideal_speedup"] <= 1:
+            if r["ideal_speedup"] <= 1 or (flagged(r) and not include_flagged):
                 continue
             if lowest is None or r["scaling_efficiency"] < lowest["scaling_efficiency"]:
                 lowest = r
@@ -104,15 +121,25 @@ def emulated_nodes(done: list[dict]) -> list[str]:
 
 
 def findings(rows: list[dict], groups: dict, thresholds: dict,
-             precision_key: Sequence[str]) -> list[str]:
-    """The findings in the order summary.md lists them."""
-    done = d.complete(rows)
-    if not done:
+             precision_key: Sequence[str], include_flagged: bool = False,
+             paper: dict | None = None) -> list[str]:
+    """The findings in the order summary.md lists them; those that read measurements leave
+    flagged runs out unless `include_flagged`."""
+    every = d.complete(rows)
+    if not every:
         return ["No job completed, so there is nothing to measure yet."]
+    done = every if include_flagged else [r for r in every if not flagged(r)]
+    learning = [*beat_baselines(every, _where), *bigger_models(every), *global_batch(every),
+                *finding2(every, paper)]
+    if not done:
+        return [*plausibility(every, include_flagged), *learning,
+                "Every run is flagged, so no throughput measurement is believed."]
     return [
+        *plausibility(every, include_flagged),
+        *learning,
         *best_utilisation(done),
         *data_loading(done, float(thresholds["data_wait_frac"])),
-        *strong_scaling(groups, float(thresholds["scaling_efficiency"])),
-        *precision(rows, done, precision_key),
+        *strong_scaling(groups, float(thresholds["scaling_efficiency"]), include_flagged),
+        *precision(done, done, precision_key),
         *emulated_nodes(done),
     ]

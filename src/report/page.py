@@ -7,6 +7,7 @@ from collections import Counter
 from src.contract import STATUS_COMPLETE, STATUS_FAILED, STATUS_MISSING
 from src.report import derive as d
 from src.report.findings import findings
+from src.report.flags import MARK
 from src.report.fmt import DAGGER, md_table
 from src.report.table8 import table8
 from src.report.tables import jobs_table, scaling_table, table3, table6, weak_table
@@ -25,20 +26,24 @@ def status_line(rows: list[dict]) -> str:
 
 
 def render(rows: list[dict], groups: dict, cfg: dict, sweeps: list[str],
-           figures: list[str], notes: list[str]) -> str:
-    """summary.md as text; figures are file names relative to the summary."""
+           figures: list[str], notes: list[str], jobs: list[dict] | None = None) -> str:
+    """summary.md as text; figures are file names relative to the summary. `rows` have the
+    repeats of a job folded into one (src.report.repeats), `jobs` list every job."""
+    jobs = rows if jobs is None else jobs
     keys = cfg["keys"]
+    include = bool(cfg.get("include_flagged", False))
     out = [f"# {cfg['title']}", ""]
     out.append("Sweep" + ("s" if len(sweeps) > 1 else "") + ": "
                + ", ".join(f"`{s}`" for s in sweeps) + ".  ")
-    out.append(status_line(rows) + ".")
+    out.append(status_line(jobs) + ".")
     if any(d.is_emulated(r) for r in rows):
         out.append(f"\n{DAGGER} Nodes emulated as process groups on one machine "
                    "(hollow markers and dashed lines in the figures).")
     out += ["", "## Summary (SAIH Table 8)", "",
-            md_table(["Item", "Value"], table8(rows, cfg["application"], groups)), ""]
+            md_table(["Item", "Value"], table8(rows, cfg["application"], groups, include)), ""]
     out += ["## Findings", ""]
-    out += [f"- {s}" for s in findings(rows, groups, cfg["thresholds"], keys["precision_match"])]
+    out += [f"- {s}" for s in findings(rows, groups, cfg["thresholds"], keys["precision_match"],
+                                       include, cfg.get("paper"))]
     out.append("")
     sections = [
         ("Per-model cost (SAIH Table 3)", table3(rows)),
@@ -53,8 +58,12 @@ def render(rows: list[dict], groups: dict, cfg: dict, sweeps: list[str],
         out += ["## Figures", ""]
         out += [f"![{name}]({name})" for name in figures]
         out.append("")
-    out += ["## Jobs", "", md_table(*jobs_table(rows)), ""]
+    out += ["## Jobs", "", md_table(*jobs_table(jobs, rows)), ""]
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    out += ["Definitions: docs/report.md. Every job with all its metrics: `runs.csv`.", ""]
+    if any(r.get("flags") for r in rows):
+        out += [f"{MARK} marks a number the report does not believe: the flag names it, the "
+                "Findings say why (docs/report.md, \"Plausibility\").", ""]
+    out += ["Definitions: docs/report.md. Every configuration with all its metrics: `runs.csv`.",
+            ""]
     return "\n".join(out)

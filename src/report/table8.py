@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 from src.report import derive as d
+from src.report.flags import MARK, flagged
 from src.report.fmt import DAGGER, fmt_bytes, fmt_range, fmt_si_range
+from src.report.quality import quality_rows
 
 NO_THROUGHPUT = "n/a (no throughput metrics: did the throughput callback run?)"
+ALL_FLAGGED = "n/a (every run is flagged: see Findings; report.include_flagged=true shows them)"
 
 
 def _dataset_gb(row: dict) -> float | None:
@@ -19,9 +22,12 @@ def _dataset_gb(row: dict) -> float | None:
     return size and size / 1e9
 
 
-def ranges(rows: list[dict]) -> dict[str, tuple[float, float] | None]:
-    """Min and max of each Table 8 quantity over the complete runs (None: no data)."""
-    done = d.complete(rows)
+def ranges(rows: list[dict], include_flagged: bool = False) -> dict[str, tuple[float, float] | None]:
+    """Min and max of each Table 8 quantity over the complete runs (None: no data). The
+    measured quantities leave flagged runs out (src.report.flags) unless `include_flagged`;
+    what a run is (data, model, FLOPs per sample, loss) counts from every complete run."""
+    every = d.complete(rows)
+    done = every if include_flagged else [r for r in every if not flagged(r)]
     single = [r for r in done if d.world_size(r) == 1]
     scaled = [r for r in done if r.get("ideal_speedup") is not None and r["ideal_speedup"] > 1]
     weak = [r for r in done if r.get("weak_world_ratio") is not None and r["weak_world_ratio"] > 1]
@@ -29,12 +35,15 @@ def ranges(rows: list[dict]) -> dict[str, tuple[float, float] | None]:
     def over_done(key: str) -> tuple[float, float] | None:
         return d.span(d.num(r, key) for r in done)
 
+    def over_every(key: str) -> tuple[float, float] | None:
+        return d.span(d.num(r, key) for r in every)
+
     return {
-        "dataset_gb": d.span(_dataset_gb(r) for r in done),
-        "n_train_samples": over_done("n_train_samples"),
-        "n_val_samples": over_done("n_val_samples"),
-        "flops_per_sample_forward": over_done("flops_per_sample_forward"),
-        "flops_per_sample_train": over_done("flops_per_sample_train"),
+        "dataset_gb": d.span(_dataset_gb(r) for r in every),
+        "n_train_samples": over_every("n_train_samples"),
+        "n_val_samples": over_every("n_val_samples"),
+        "flops_per_sample_forward": over_every("flops_per_sample_forward"),
+        "flops_per_sample_train": over_every("flops_per_sample_train"),
         "tflops_aggregate": d.span(d.tflops_aggregate(r) for r in done),
         "pct_of_peak": d.span(d.pct_of_peak(r) for r in done),
         "tflops_single_device": d.span(d.tflops_per_device(r) for r in single),
@@ -45,12 +54,12 @@ def ranges(rows: list[dict]) -> dict[str, tuple[float, float] | None]:
         "speedup_nodes": d.span(d.num(r, "num_nodes") for r in scaled),
         "weak_scaling_efficiency": d.span(r["weak_scaling_efficiency"] for r in weak),
         "weak_nodes": d.span(d.num(r, "num_nodes") for r in weak),
-        "arithmetic_intensity": over_done("arithmetic_intensity"),
-        "train_loss": over_done("train/loss"),
-        "val_loss": over_done("val/loss"),
+        "arithmetic_intensity": over_every("arithmetic_intensity"),
+        "train_loss": over_every("train/loss"),
+        "val_loss": over_every("val/loss"),
         "data_wait_frac": over_done("data_wait_frac"),
-        "num_nodes": over_done("num_nodes"),
-        "world_size": d.span(d.world_size(r) for r in done),
+        "num_nodes": over_every("num_nodes"),
+        "world_size": d.span(d.world_size(r) for r in every),
     }
 
 
@@ -189,14 +198,30 @@ def _peak_text(done: list[dict]) -> str:
                      for (prec, src), v in sorted(peak_runs.items())) or "n/a"
 
 
-def table8(rows: list[dict], app: dict, groups: dict | None = None) -> list[tuple[str, str]]:
+def _flagged_text(rows: list[dict], include_flagged: bool) -> str:
+    bad = [r for r in d.complete(rows) if flagged(r)]
+    if not bad:
+        return "none"
+    labels = ", ".join(str(r.get("run_id") or r.get("job")) for r in bad)
+    where = ("included in the ranges above (report.include_flagged)" if include_flagged
+             else "left out of the measured ranges above (report.include_flagged=true keeps them)")
+    return f"{MARK} {len(bad)} of {len(d.complete(rows))} ({labels}): {where}; see Findings"
+
+
+def table8(rows: list[dict], app: dict, groups: dict | None = None,
+           include_flagged: bool = False) -> list[tuple[str, str]]:
     """(item, value) pairs of the SAIH Table 8 summary."""
-    done = d.complete(rows)
+    every = d.complete(rows)
+    done = every if include_flagged else [r for r in every if not flagged(r)]
     unmeasured = (groups or {}).get("unmeasured", {})
-    rg = ranges(rows)
-    dag = DAGGER if any(d.is_emulated(r) for r in done) else ""
+    rg = ranges(rows, include_flagged)
+    dag = DAGGER if any(d.is_emulated(r) for r in every) else ""
+    models = d.models(every) or d.models(rows)
     ai, wait = rg["arithmetic_intensity"], rg["data_wait_frac"]
-    models = d.models(done) or d.models(rows)
+
+    def measured(text: str) -> str:
+        return ALL_FLAGGED if every and not done else text
+
     single = (_perf_text(rg, "tflops_single_device", "pct_of_peak_single_device", bool(done))
               if any(d.world_size(r) == 1 for r in done) else "n/a (no 1-rank run)")
     return [
@@ -204,20 +229,23 @@ def table8(rows: list[dict], app: dict, groups: dict | None = None) -> list[tupl
         ("Data augment", app.get("data_augment", "")),
         ("Model augment", app.get("model_augment", "")),
         ("DNN model", app.get("dnn_model", "") + (f"; models: {', '.join(models)}" if models else "")),
-        ("Data format", _data_format(done or rows, app.get("data_format", ""))),
-        ("Framework", _framework(done or rows)),
+        ("Data format", _data_format(every or rows, app.get("data_format", ""))),
+        ("Framework", _framework(every or rows)),
         ("Dataset size", _dataset_text(rg)),
         ("System", describe_system(rows)),
-        ("Peak FLOP/s per device", _peak_text(done)),
+        ("Peak FLOP/s per device", _peak_text(every)),
         ("Model FLOPs", _flops_text(rg)),
-        (f"Aggregate FLOP/s{dag}", _perf_text(rg, "tflops_aggregate", "pct_of_peak", bool(done))),
-        ("Single-device FLOP/s", single),
+        (f"Aggregate FLOP/s{dag}",
+         measured(_perf_text(rg, "tflops_aggregate", "pct_of_peak", bool(done)))),
+        ("Single-device FLOP/s", measured(single)),
         ("Per-device FLOP/s (all runs)",
-         _perf_text(rg, "tflops_per_device", "pct_of_peak", bool(done))),
-        (f"Strong-scaling speed-up{dag}", _speedup_text(rg, unmeasured, dag)),
-        (f"Weak-scaling efficiency{dag}", _weak_text(rg, unmeasured, dag)),
+         measured(_perf_text(rg, "tflops_per_device", "pct_of_peak", bool(done)))),
+        (f"Strong-scaling speed-up{dag}", measured(_speedup_text(rg, unmeasured, dag))),
+        (f"Weak-scaling efficiency{dag}", measured(_weak_text(rg, unmeasured, dag))),
         ("Arithmetic intensity", f"{fmt_range(*ai)} FLOP/byte" if ai else "n/a"),
-        ("Data-loading share", f"{fmt_range(100 * wait[0], 100 * wait[1])} % of step time"
-         if wait else "n/a"),
+        ("Data-loading share", measured(f"{fmt_range(100 * wait[0], 100 * wait[1])} % of step "
+                                        "time" if wait else "n/a")),
         ("Loss (final)", _loss_text(rg)),
+        *quality_rows(every, done),
+        ("Flagged runs", _flagged_text(rows, include_flagged)),
     ]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from src.contract import STATUS_COMPLETE, STATUS_MISSING
 from src.report import derive as d
+from src.report.flags import MARK, flag_names, flagged, mark
 from src.report.fmt import (
     fmt_bytes,
     fmt_fraction,
@@ -22,6 +23,7 @@ from src.report.fmt import (
     shorten,
     si_scale,
 )
+from src.report.repeats import bounds
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -62,10 +64,13 @@ def table6(rows: list[dict], match_key: Sequence[str]) -> Table | None:
     precisions = sorted({str(r.get("precision")) for r in done})
     lines: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     first: dict[tuple, dict] = {}
+    marked: set[tuple] = set()  # (key, precision) with a flagged run
     for r in done:
         key = d.group_key(r, match_key)
         lines[key][str(r.get("precision"))].append(r["time_per_epoch_s"])
         first.setdefault(key, r)
+        if flagged(r):
+            marked.add((key, str(r.get("precision"))))
     # Speed-ups are against full precision when the sweep has it.
     ref = "32-true" if "32-true" in precisions else precisions[0]
     others = [p for p in precisions if p != ref]
@@ -82,7 +87,8 @@ def table6(rows: list[dict], match_key: Sequence[str]) -> Table | None:
         times = {p: sum(v) / len(v) for p, v in lines[key].items()}
         cells = [str(r.get("model")), fmt_nodes(r), str(d.world_size(r)),
                  fmt_fraction(r.get("fraction"))]
-        cells += [fmt_num(times.get(p)) for p in precisions]
+        cells += [fmt_num(times.get(p)) + (f" {MARK}" if (key, p) in marked else "")
+                  for p in precisions]
         for p in others:
             a, b = times.get(ref), times.get(p)
             cells.append(f"{fmt_num(a / b)}\u00d7" if a and b else "n/a")
@@ -105,15 +111,16 @@ def scaling_table(groups: dict) -> Table | None:
     runs = [r for g in groups["strong"] for r in g["runs"]]
     factor, prefix = si_scale(max(d.tflops_aggregate(r) for r in runs) * 1e12)
     header = ["Configuration", "Nodes", "Ranks", f"Aggregate {prefix}FLOP/s", "Speed-up", "Ideal",
-              "Efficiency"]
+              "Efficiency", "Flags"]
     body = []
     for g in groups["strong"]:
         label = _group_label(g["key"], skip=("batch_size", "input_size", "channels", "accelerator"))
         for r in g["runs"]:
             body.append([label, fmt_nodes(r), str(d.world_size(r)),
-                         fmt_num(d.tflops_aggregate(r) * 1e12 / factor),
-                         f"{fmt_num(r['speedup'])}\u00d7", f"{fmt_num(r['ideal_speedup'])}\u00d7",
-                         fmt_pct(100 * r["scaling_efficiency"])])
+                         _with_spread(r, "tflops_aggregate", factor),
+                         mark(r, f"{fmt_num(r['speedup'])}\u00d7"),
+                         f"{fmt_num(r['ideal_speedup'])}\u00d7",
+                         mark(r, fmt_pct(100 * r["scaling_efficiency"])), flag_names(r)])
     return header, body
 
 
@@ -123,7 +130,7 @@ def weak_table(groups: dict) -> Table | None:
     runs = [r for g in groups["weak"] for r in g["runs"]]
     factor, prefix = si_scale(max(d.tflops_per_device(r) for r in runs) * 1e12)
     header = ["Configuration", "Train samples/rank", "Nodes", "Ranks", "Fraction",
-              f"{prefix}FLOP/s per device", "Weak-scaling efficiency"]
+              f"{prefix}FLOP/s per device", "Weak-scaling efficiency", "Flags"]
     body = []
     for g in groups["weak"]:
         label = _group_label(g["key"], skip=("batch_size", "input_size", "channels",
@@ -131,16 +138,29 @@ def weak_table(groups: dict) -> Table | None:
         for r in g["runs"]:
             body.append([label, fmt_num(g["key"]["samples_per_rank"], 6), fmt_nodes(r),
                          str(d.world_size(r)), fmt_fraction(r.get("fraction")),
-                         fmt_num(d.tflops_per_device(r) * 1e12 / factor),
-                         fmt_pct(100 * r["weak_scaling_efficiency"])])
+                         _with_spread(r, "tflops_per_device", factor),
+                         mark(r, fmt_pct(100 * r["weak_scaling_efficiency"])), flag_names(r)])
     return header, body
 
 
-def jobs_table(rows: list[dict]) -> Table:
+def _with_spread(row: dict, key: str, factor: float) -> str:
+    """'3.1 (2.9-3.4)': the value and its min-max over repeats or windows (`bounds`)."""
+    value = d.tflops_aggregate(row) if key == "tflops_aggregate" else d.tflops_per_device(row)
+    text = fmt_num(value * 1e12 / factor)
+    span = bounds(row, key)
+    if span and span[1] > span[0]:
+        text += f" ({fmt_range(span[0] * 1e12 / factor, span[1] * 1e12 / factor)})"
+    return text
+
+
+def jobs_table(jobs: list[dict], rows: list[dict] | None = None) -> Table:
+    """Every job; `rows` (repeats folded, flags set) give each job its configuration's flags."""
+    by_label = {label: r for r in (rows or jobs)
+                for label in str(r.get("run_id", r.get("job"))).split("+")}
     header = ["Job", "Status", "Model", "Nodes", "Ranks", "Fraction", "Precision",
-              "Aggregate TFLOP/s", "% of peak", "Data wait", "val/loss", "Error"]
+              "Aggregate TFLOP/s", "% of peak", "Data wait", "val/loss", "Flags", "Error"]
     body = []
-    for r in rows:
+    for r in jobs:
         ok = r.get("status") == STATUS_COMPLETE  # a failed run's numbers are not results
         wait, agg, pct, val = (d.num(r, "data_wait_frac"), d.tflops_aggregate(r),
                                d.pct_of_peak(r), d.num(r, "val/loss"))
@@ -148,16 +168,18 @@ def jobs_table(rows: list[dict]) -> Table:
             "no metrics.json (in flight or killed)" if r.get("status") == STATUS_MISSING else "")
         if not ok and r.get("overrides"):
             problem += f"; overrides: {r['overrides']}"
+        folded = by_label.get(str(r.get("run_id", r.get("job"))), r)
         body.append([
             str(r.get("run_id", r.get("job"))), str(r.get("status")), str(r.get("model") or ""),
             fmt_nodes(r) if r.get("num_nodes") is not None else "",
             str(d.world_size(r) or ""),
             fmt_fraction(r.get("fraction")) if r.get("fraction") is not None else "",
             str(r.get("precision") or ""),
-            fmt_num(agg, 4) if ok and agg is not None else "",
-            fmt_num(pct) if ok and pct is not None else "",
+            mark(folded, fmt_num(agg, 4)) if ok and agg is not None else "",
+            mark(folded, fmt_num(pct)) if ok and pct is not None else "",
             fmt_pct(100 * wait) if ok and wait is not None else "",
             fmt_num(val, 4) if ok and val is not None else "",
+            flag_names(folded) if ok else "",
             problem,
         ])
     return header, body

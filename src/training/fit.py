@@ -27,7 +27,7 @@ from src.training.build import (
     resolve_ckpt,
     resolve_precision,
 )
-from src.training.records import config_fingerprint, write_result
+from src.training.records import config_fingerprint, repeat_fingerprint, write_result
 from src.util.hydra import instantiate_clear
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ def config_summary(cfg: DictConfig, trainer, dm) -> dict:
         "emulated": emulated_nodes(),
         "data_dir": str(dm.data_dir),
         "seed": cfg.seed,
+        "repeat": cfg.get("repeat", 0),
+        "repeat_of": repeat_fingerprint(cfg),
     }
 
 

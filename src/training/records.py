@@ -26,6 +26,16 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def repeat_fingerprint(cfg: DictConfig) -> str:
+    """`config_fingerprint` of the job without its `repeat` index and without its paths
+    (whatever is derived from them, such as a logger's directory, differs per repeat too):
+    the same for every repeat of one job, so the report can fold them."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("repeat", None)
+    plain["paths"] = {key: f"<paths.{key}>" for key in plain.get("paths") or {}}
+    return config_fingerprint(OmegaConf.create(plain))
+
+
 def finished_result(cfg: DictConfig) -> dict | None:
     """The saved payload when this exact job already completed in its output dir."""
     saved = contract.read_job_record(Path(cfg.paths.output_dir) / contract.METRICS_FILE)
