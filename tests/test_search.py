@@ -24,6 +24,10 @@ from src.util.devices import resolve_device
 from tests.conftest import ROOT, compose_cfg
 from train import run as train_run
 
+# tiny ops: one intra-op thread avoids oversubscription stalls on a shared CPU (a run with
+# torch's default two threads on the loaded 2-core machine took minutes for the tiny searcher)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # the smallest supernet that still has a normal and a reduction cell
 TINY = ["progress=false", "search.C=4", "search.n_cells=2", "search.reductions=[1]",
         "search.stem_multiplier=1", "search.epochs=1", "search.max_steps_per_epoch=2",
@@ -50,8 +54,16 @@ def test_search_writes_genotype_resumes_and_trains(tiny_data, train_cfg, tmp_pat
     assert prov["flops_per_sample_train"] == 3 * prov["flops_per_sample_forward"]
     assert prov["ops"] == list(PRIMITIVES) and prov["seed"] == 0
     assert prov["n_parameters"] > 0 and prov["presearch_filter"]["C"] > 0
-    assert prov["dataset"]["n_train_samples"] == prov["dataset"]["n_val_samples"] == 32
-    assert prov["at_search_data"]["input_shape"] == [1, 16, 16, 16]
+    # val_fraction 0.5: the split hash puts 3 of the 8 simulations in val (split.py)
+    assert (prov["dataset"]["n_train_samples"], prov["dataset"]["n_val_samples"]) == (40, 24)
+    # sized for the data's 1 channel at the benchmark's 128^3; costs also at the search data
+    # and at the paper's 128^3 with 1 and 4 channels
+    costs = prov["costs"]
+    assert prov["in_channels"] == 1 and costs["train_shape"]["input_shape"] == [1, 128, 128, 128]
+    assert costs["train_shape"]["flops_per_sample_train"] == prov["flops_per_sample_train"]
+    assert costs["search_data"]["input_shape"] == [1, 16, 16, 16]
+    assert [r["input_shape"][0] for r in costs["reference"]] == [1, 4]
+    assert costs["reference"][1]["flops_per_sample_train"] > prov["flops_per_sample_train"]
 
     # per-epoch log: alphas and the current genotype; a checkpoint to resume from
     lines = [json.loads(s) for s in (out / "search_log.jsonl").read_text().splitlines()]

@@ -6,6 +6,11 @@ dict, or a genotype YAML written by search.py (absolute, or relative to the repo
 C / n_cells / reductions / stem_multiplier left as None are read from the file's `network`
 section, i.e. the values the model filter chose for the target FLOPs. Every bad value ends in
 one ModelConfigError (GenotypeError for the genotype) naming it, before a layer is built.
+
+The head: `head_pool=1` averages the last cell's map globally (DARTS'); `head_pool=k` averages
+it to k^3 and flattens; `head_pool=0` flattens the whole map into the first dense layer, as the
+small CosmoFlow net does (the paper composes its DARTS nets' "three FC layers as in the small
+model"). docs/models.md compares their costs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from src.models import checks
 
 # DARTS' stem width (stem_multiplier x C) where neither the config nor the file says
 STEM_MULTIPLIER = 3
+# DARTS' global average pool before the head, where neither the config nor the file says
+HEAD_POOL = 1
 
 
 def genotype_and_network(genotype) -> tuple[Genotype, dict]:
@@ -43,8 +50,10 @@ def genotype_and_network(genotype) -> tuple[Genotype, dict]:
     raise GenotypeError(f"model.net.genotype={genotype!r}: expected a genotype file path")
 
 
-def network_shape(recorded: Mapping, C, n_cells, reductions, stem_multiplier) -> dict:
-    """C, n_cells, reductions and stem_multiplier: the config's where set, else the file's."""
+def network_shape(recorded: Mapping, C, n_cells, reductions, stem_multiplier,
+                  head_pool=None) -> dict:
+    """C, n_cells, reductions, stem_multiplier, head_pool: the config's where set, else the
+    file's."""
     def pick(key, value):
         value = value if value is not None else recorded.get(key)
         if value is None:
@@ -67,21 +76,38 @@ def network_shape(recorded: Mapping, C, n_cells, reductions, stem_multiplier) ->
                                f"0..{n_cells - 1} (n_cells={n_cells})")
     if stem_multiplier is None:
         stem_multiplier = recorded.get("stem_multiplier", STEM_MULTIPLIER)
+    if head_pool is None:
+        head_pool = recorded.get("head_pool")
     return {"C": C, "n_cells": n_cells, "reductions": reductions,
-            "stem_multiplier": checks.count("stem_multiplier", stem_multiplier)}
+            "stem_multiplier": checks.count("stem_multiplier", stem_multiplier),
+            "head_pool": checks.count("head_pool", HEAD_POOL if head_pool is None else head_pool,
+                                      minimum=0)}
+
+
+def head_pool_layer(head_pool: int, input_size: int, n_reductions: int) -> tuple[nn.Module, int]:
+    """The pool between the last cell and the head, and the voxels per channel it leaves."""
+    side = int(input_size)
+    for _ in range(n_reductions):  # strided ops round up: d -> ceil(d / 2)
+        side = -(-side // 2)
+    if head_pool == 0:
+        return nn.Identity(), side ** 3
+    if head_pool > side:
+        raise ModelConfigError(f"model.net.head_pool={head_pool}: the last cell's map is only "
+                               f"{side}^3 at input_size={input_size}")
+    return nn.AdaptiveAvgPool3d(head_pool), head_pool ** 3
 
 
 class DartsNet(nn.Module):
-    """Stem (k=3 conv at full resolution) -> cells -> global average pool -> DenseHead."""
+    """Stem (k=3 conv at full resolution) -> cells -> pool (see head_pool) -> DenseHead."""
 
     def __init__(self, in_channels: int, input_size: int, n_params: int,
                  genotype: Genotype | dict | str | Path, C: int | None = None,
                  n_cells: int | None = None, reductions: list[int] | None = None,
                  stem_multiplier: int | None = None, hidden=HIDDEN, dropout: float = 0.0,
-                 negative_slope: float = NEGATIVE_SLOPE):
+                 negative_slope: float = NEGATIVE_SLOPE, head_pool: int | None = None):
         super().__init__()
         genotype, recorded = genotype_and_network(genotype)
-        shape = network_shape(recorded, C, n_cells, reductions, stem_multiplier)
+        shape = network_shape(recorded, C, n_cells, reductions, stem_multiplier, head_pool)
         hidden, dropout, negative_slope = checks.head(hidden, dropout, negative_slope)
         self.genotype, self.C, self.n_cells = genotype, shape["C"], shape["n_cells"]
         self.reductions, self.input_size = shape["reductions"], input_size
@@ -92,8 +118,10 @@ class DartsNet(nn.Module):
         self.stem, self.cells, C_p = cell_stack(in_channels, self.C, shape["stem_multiplier"],
                                                 self.n_cells, self.reductions, make_cell,
                                                 negative_slope)
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.head = DenseHead(C_p, n_params, hidden, dropout, negative_slope)
+        self.head_pool = shape["head_pool"]
+        self.pool, voxels = head_pool_layer(self.head_pool, input_size,
+                                            len(set(self.reductions)))
+        self.head = DenseHead(C_p * voxels, n_params, hidden, dropout, negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)

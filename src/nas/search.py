@@ -211,8 +211,11 @@ class Searcher:
             "alphas": self.model.alphas_table(),
             "stopped_early": self.stopped_early,
         }
+        # the history travels into the genotype file: the softmaxed alphas of every epoch let
+        # a reader follow how the cell was chosen without the search directory
         self.history.append({k: rec[k] for k in ("epoch", "lr", "train_loss", "arch_val_loss",
-                                                  "seconds", "skips_in_normal_uncapped")})
+                                                  "seconds", "skips_in_normal_uncapped",
+                                                  "alphas")})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "search_log.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")

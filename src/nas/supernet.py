@@ -162,6 +162,11 @@ class SearchNetwork(nn.Module):
             max_skip=max_skip,
         )
 
+    def arch_state(self) -> dict[str, list]:
+        """The raw architecture parameters (alphas, betas) at full precision: what a genotype
+        file records so the derivation can be re-checked from it."""
+        return {name: p.detach().cpu().double().tolist() for name, p in self.arch.items()}
+
     def alphas_table(self) -> dict[str, list[list[float]]]:
         """Softmaxed alphas per cell type, rows = edges, columns = PRIMITIVES (for logs)."""
         out = {}
