@@ -71,7 +71,17 @@ def test_contention_from_proc(tmp_path, monkeypatch):
     assert iv["other_cpu_s"] == pytest.approx(0.9)
     assert iv["other_cpu_frac"] == pytest.approx(0.45) and iv["steal_frac"] == pytest.approx(0.05)
     assert iv["load1"] == 3.0
-    assert contention.top_others(a, b) == [("stress", 20, pytest.approx(0.9))]
+    # the watch names the busiest other process, also one that ended before the last reading
+    _fake_proc(proc, busy=0, steal=0, procs=[*ours, (20, "stress", 1, 0)])
+    watch = contention.ContentionWatch(root=10, n_cpus=2, min_interval_s=0.0, proc=proc)
+    watch.start()
+    _fake_proc(proc, busy=210, steal=10, procs=[*ours, (20, "stress", 1, 90), (21, "cc1", 1, 30)])
+    watch.tick(force=True)
+    (proc / "20" / "stat").unlink()
+    (proc / "20").rmdir()
+    watch.tick(force=True)
+    watch.first.t = watch.last.t - 1.0
+    assert watch.top() == [("stress", 20, pytest.approx(0.9)), ("cc1", 21, pytest.approx(0.3))]
 
 
 def test_contention_watch_judges_intervals(tmp_path):
@@ -167,8 +177,8 @@ def test_competing_process_is_seen_in_spread_and_contention(tmp_path):
     # the busiest processes outside the job are named; the competitor is among those seen
     # (on a machine busy with more than this test, others may be busier)
     assert "busiest: " in m["contention_seen"]
-    seen = contention.top_others(mon._watch.first, mon._watch.last, k=1000)
-    assert set(competitor.started) <= {pid for _, pid, _ in seen}
+    # named even when they ended before the last reading
+    assert set(competitor.started) <= {pid for _, pid, _ in mon._watch.top(k=1000)}
     assert m["contention_other_cpu_frac_max"] > 0.2
 
 

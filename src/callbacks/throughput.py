@@ -157,10 +157,15 @@ class ThroughputMonitor(Callback):
             if self.log_windows:
                 self._log(trainer, self._reduce(trainer, pl_module, closed))
         if self._watch is not None and self._clock.measuring:
+            # a reading scans the process table: not training, and not the per-step hook
+            # cost either, so it is a pause of the window it falls in
+            t0 = time.perf_counter()
             if self._watch.first is None:
                 self._watch.start()  # the first measured window opens
             else:
                 self._watch.tick()
+            self._clock.pause_since(t0)
+            entered += time.perf_counter() - t0
         self._clock.after_batch(entered)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

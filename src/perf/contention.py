@@ -7,7 +7,7 @@ A measurement on a shared machine is only as good as the machine was quiet. From
 - steal time is what the hypervisor gave to other guests;
 - the 1-minute load average is kept for the record.
 A `Sample` is one reading; `interval` turns two readings into fractions of the machine, and
-`top_others` names the processes outside the tree that took the most CPU between them. On a
+`ContentionWatch.top` names the processes outside the tree that took the most CPU. On a
 CUDA device, `gpu_others` lists other processes on it through NVML where pynvml is installed.
 Only Linux has /proc: elsewhere a sample is None and nothing is claimed.
 """
@@ -103,17 +103,6 @@ def interval(a: Sample, b: Sample, n_cpus: int) -> dict:
             "load1": max(a.load1, b.load1)}
 
 
-def top_others(a: Sample, b: Sample, k: int = 3) -> list[tuple[str, int, float]]:
-    """(name, pid, CPUs used on average) of the `k` busiest processes outside the job tree."""
-    wall = max(b.t - a.t, 1e-9)
-    used = []
-    for pid, (name, cpu) in b.others.items():
-        before = a.others.get(pid, (name, 0.0))[1]  # new since `a`: all its time is inside
-        if cpu - before > 0:
-            used.append((name, pid, (cpu - before) / wall))
-    return sorted(used, key=lambda x: -x[2])[:k]
-
-
 def gpu_others(device_index: int, ours: set[int]) -> list[tuple[str, int, int]] | None:
     """(name, pid, bytes used) of other processes on a CUDA device; None without NVML."""
     try:
@@ -152,10 +141,31 @@ class ContentionWatch:
         self.first: Sample | None = None
         self.last: Sample | None = None
         self.intervals: list[dict] = []
+        # pid -> [name, CPU s when first seen (0 if born since the start), CPU s last seen]:
+        # a process that ended before the last reading is still named
+        self.seen: dict[int, list] = {}
+
+    def _remember(self, s: Sample) -> None:
+        for pid, (name, cpu) in s.others.items():
+            if pid in self.seen:
+                self.seen[pid][2] = cpu
+            else:
+                self.seen[pid] = [name, cpu if s is self.first else 0.0, cpu]
 
     def start(self) -> None:
         self.first = self.last = sample(self.root, self.proc)
-        self.intervals = []
+        self.intervals, self.seen = [], {}
+        if self.first is not None:
+            self._remember(self.first)
+
+    def top(self, k: int = 3) -> list[tuple[str, int, float]]:
+        """(name, pid, CPUs used on average over the span) of the busiest other processes."""
+        if self.first is None or self.last is None:
+            return []
+        wall = max(self.last.t - self.first.t, 1e-9)
+        used = [(name, pid, (last - base) / wall) for pid, (name, base, last) in self.seen.items()
+                if last > base]
+        return sorted(used, key=lambda x: -x[2])[:k]
 
     def tick(self, force: bool = False) -> None:
         """A reading now, if the last one is `min_interval_s` old (or `force`)."""
@@ -166,6 +176,7 @@ class ContentionWatch:
         if now is not None:
             self.intervals.append(interval(self.last, now, self.n_cpus))
             self.last = now
+            self._remember(now)
 
     def busy(self, iv: dict) -> bool:
         return iv["other_cpu_frac"] > self.max_other or iv["steal_frac"] > self.max_steal
@@ -204,7 +215,7 @@ class ContentionWatch:
                  f"{100 * self.max_other:.2g} % in {m['contention_intervals_busy']} of "
                  f"{m['contention_intervals']} intervals (worst "
                  f"{100 * m['contention_other_cpu_frac_max']:.2g} %)"]
-        top = top_others(self.first, self.last) if self.first and self.last else []
+        top = self.top()
         if top:
             parts.append("busiest: " + ", ".join(f"{name} (pid {pid}) {c:.2g} CPUs"
                                                  for name, pid, c in top))

@@ -71,8 +71,8 @@ def _demand(done: list[dict], paper: dict) -> str | None:
     common = [m for m in memory if m in compute]
     if common:
         gap = all(memory[m] < compute[m] for m in common)
-        text += (f". Memory grows {'less' if gap else 'not less'} than computation for "
-                 f"{', '.join(common)}, {'as' if gap else 'unlike'} the paper's models")
+        text += (f". Memory grows {'less than' if gap else 'at least as fast as'} computation "
+                 f"for {', '.join(common)}, {'as' if gap else 'unlike'} the paper's models")
     return text + "."
 
 
