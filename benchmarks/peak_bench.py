@@ -51,7 +51,7 @@ def main() -> None:
         took = time.perf_counter() - t0
         print(f"{device.type}: {name}{threads}  (machine key {peak.machine_key(device)})")
         for key, e in res.items():
-            load = f", other processes {100 * e['other_cpu_frac']:.2g} % of the CPUs" \
+            load = f", other processes {100 * e['other_cpu_frac']:.1f} % of the CPUs" \
                 if "other_cpu_frac" in e else ""
             if key == "triad":
                 print(f"  triad bandwidth      {e['value'] / 1e9:10.2f} GB/s (best of "
