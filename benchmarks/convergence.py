@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from src.report.quality import last_val_x, val_loss_at
+
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ("Omega_M", "sigma_8", "n_s")
 
@@ -81,21 +83,15 @@ def report(model: str, record: dict) -> dict:
     return row
 
 
-def _val_at(record: dict, axis: int, limit: float) -> float | None:
-    points = [p for p in record["history"].get("val/loss", []) if p[axis] <= limit]
-    return points[-1][1] if points else None
-
-
 def compare(a: tuple[str, dict], b: tuple[str, dict]) -> dict:
     """Val loss of two models at the last validation both reached, by step and by time."""
     out = {}
     for axis, name in ((0, "step"), (2, "seconds")):
-        ends = [rec["history"]["val/loss"][-1][axis] for _, rec in (a, b)
-                if rec["history"].get("val/loss")]
-        if len(ends) == 2:
+        ends = [last_val_x(rec, axis) for _, rec in (a, b)]
+        if None not in ends:
             limit = min(ends)
-            out[name] = {"at": limit, a[0]: _val_at(a[1], axis, limit),
-                         b[0]: _val_at(b[1], axis, limit)}
+            out[name] = {"at": limit, a[0]: val_loss_at(a[1], axis, limit),
+                         b[0]: val_loss_at(b[1], axis, limit)}
             print(f"at equal {name} ({limit:.4g}): {a[0]} val MSE {_fmt(out[name][a[0]])}, "
                   f"{b[0]} {_fmt(out[name][b[0]])}")
     return out

@@ -112,7 +112,8 @@ class ThroughputMonitor(Callback):
         for turn in (0, 1):
             if leader == (turn == 0):
                 # a follower only reads what its leader just measured, loaded or not
-                args = self._peak_args if leader else {**self._peak_args, "max_load": 2.0}
+                args = self._peak_args if leader else {**self._peak_args,
+                                                       "max_load": float("inf")}
                 self._static.update(perf_peak.device_peaks(self._device, self._dtype, **args))
             if trainer.world_size > 1:
                 trainer.strategy.barrier("throughput_peak")
@@ -188,14 +189,12 @@ class ThroughputMonitor(Callback):
     def _reduce(self, trainer: Trainer, pl_module: LightningModule, t: Totals) -> dict:
         """Cross-rank values of one stretch of steps (every rank must call this)."""
         world = max(int(trainer.world_size), 1)
-        vec = torch.tensor(t.local_values(), dtype=torch.float64, device=pl_module.device)
-        if world > 1:
-            vec = trainer.strategy.reduce(vec, reduce_op="sum")
-        return throughput_figures(vec.tolist(), world,
+        return throughput_figures(self._sum(trainer, pl_module, t.local_values()), world,
                                   flops_train=self._static.get("flops_per_sample_train"),
                                   peak=self._static.get("peak_flops_per_device"))
 
     def _sum(self, trainer: Trainer, pl_module: LightningModule, values: list[float]) -> list:
+        """`values` summed over every rank (every rank must call this)."""
         vec = torch.tensor(values, dtype=torch.float64, device=pl_module.device)
         if trainer.world_size > 1:
             vec = trainer.strategy.reduce(vec, reduce_op="sum")

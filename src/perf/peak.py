@@ -32,7 +32,7 @@ from src.perf.peak_table import PEAK_TABLE, chip_key
 from src.util.atomic import write_json_atomic
 from src.util.cache import cache_root
 from src.util.cpuinfo import cpu_model
-from src.util.stats import median, spread
+from src.util.stats import spread
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,6 @@ def matmul_rates(device: torch.device | str = "cpu", dtype: str = "fp32",
             torch.backends.cuda.matmul.allow_tf32 = prev
 
 
-def measure_matmul_flops(device: torch.device | str = "cpu", dtype: str = "fp32",
-                         budget_s: float = 0.4, min_repeats: int = 5) -> float:
-    """Median FLOP/s of `matmul_rates`."""
-    return median(matmul_rates(device, dtype, budget_s, min_repeats))
-
-
 def triad_rates(device: torch.device | str = "cpu", budget_s: float = 0.4,
                 n: int | None = None) -> list[float]:
     """STREAM-triad bytes/s of repeated a = b + s*c over fp32 arrays far larger than the
@@ -230,12 +224,6 @@ def triad_rates(device: torch.device | str = "cpu", budget_s: float = 0.4,
         _sync(device)
         rates.append(3 * 4 * n / (time.perf_counter() - t0))
     return rates
-
-
-def measure_triad_bandwidth(device: torch.device | str = "cpu", budget_s: float = 0.4,
-                            n: int | None = None) -> float:
-    """Best triad bytes/s (STREAM reports the best of its repeats)."""
-    return max(triad_rates(device, budget_s, n))
 
 
 # ---- public API ---------------------------------------------------------------------------

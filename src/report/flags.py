@@ -53,15 +53,23 @@ def _measurement(row: dict, tol: dict) -> None:
              "between them")
 
 
-def _baseline_cause(row: dict, by_label: dict, key: str) -> str:
-    """The likely cause of a scaling result beyond ideal: a flagged baseline, if any."""
+def _flagged_baseline(row: dict, by_label: dict, key: str) -> str | None:
+    """'its baseline (job 0) is flagged contended' when a baseline the row's `key` names
+    (other than the row itself) has a measurement flag; else None."""
+    own = str(row.get("run_id") or row.get("job"))
     for label in str(row.get(key) or "").split(","):
-        base = by_label.get(label)
+        base = by_label.get(label) if label != own else None
         bad = [f for f in (base or {}).get("flags", []) if f in MEASUREMENT_FLAGS]
         if bad:
             return f"its baseline (job {label}) is flagged {', '.join(bad)}"
-    return ("no flagged baseline: a slow baseline, or a per-rank problem that fits a cache "
-            "only at more ranks")
+    return None
+
+
+def _cause(row: dict, by_label: dict, key: str) -> str:
+    """The likely cause of a scaling result beyond ideal."""
+    return _flagged_baseline(row, by_label, key) or (
+        "no flagged baseline: a slow baseline, or a per-rank problem that fits a cache only "
+        "at more ranks")
 
 
 def _scaling(rows: list[dict], tol: dict) -> None:
@@ -74,16 +82,15 @@ def _scaling(rows: list[dict], tol: dict) -> None:
             _add(row, "super-linear", f"speed-up {fmt_num(row['speedup'])}\u00d7 above the "
                  f"ideal {fmt_num(row['ideal_speedup'])}\u00d7 (efficiency "
                  f"{fmt_num(100 * eff)} %); likely cause: "
-                 + _baseline_cause(row, by_label, "scaling_baseline"))
+                 + _cause(row, by_label, "scaling_baseline"))
         if weak is not None and weak > limit and (row.get("weak_world_ratio") or 0) > 1:
             _add(row, "weak above 100 %", f"weak-scaling efficiency {fmt_num(100 * weak)} %; "
-                 "likely cause: " + _baseline_cause(row, by_label, "weak_baseline"))
+                 "likely cause: " + _cause(row, by_label, "weak_baseline"))
         for key in ("scaling_baseline", "weak_baseline"):
-            cause = _baseline_cause(row, by_label, key) if row.get(key) else ""
-            if cause.startswith("its baseline") and str(row.get("run_id")) not in \
-                    str(row.get(key)).split(","):
+            bad = _flagged_baseline(row, by_label, key)
+            if bad:
                 _add(row, "baseline flagged", f"scaling measured against a flagged baseline: "
-                     f"{cause}")
+                     f"{bad}")
 
 
 def flag_rows(rows: list[dict], tolerances: dict) -> list[dict]:

@@ -80,14 +80,15 @@ def beat_baselines(done: list[dict], where) -> list[str]:
             f"and both baselines in {len(both)} ({detail})."]
 
 
-def _val_at(row: dict, x_index: int, limit: float) -> float | None:
+def val_loss_at(row: dict, x_index: int, limit: float) -> float | None:
     """The last val/loss point at or before `limit` on the step (0) or time (2) axis."""
     points = [p for p in ((row.get("history") or {}).get("val/loss") or [])
               if len(p) > x_index and p[x_index] <= limit]
     return points[-1][1] if points else None
 
 
-def _last(row: dict, x_index: int) -> float | None:
+def last_val_x(row: dict, x_index: int) -> float | None:
+    """Where the last val/loss point lies on the step (0) or time (2) axis; None without."""
     points = [p for p in ((row.get("history") or {}).get("val/loss") or []) if len(p) > x_index]
     return points[-1][x_index] if points else None
 
@@ -97,7 +98,7 @@ def bigger_models(done: list[dict]) -> list[str]:
     more training FLOPs per sample reach a lower val loss than the smaller one?"""
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for r in done:
-        if d.num(r, "flops_per_sample_train") and _last(r, 0) is not None:
+        if d.num(r, "flops_per_sample_train") and last_val_x(r, 0) is not None:
             by_key[d.group_key(r, MATCH)].append(r)
     tallies = {0: [0, 0], 2: [0, 0]}  # axis -> [bigger lower, pairs]
     for runs in by_key.values():
@@ -106,10 +107,10 @@ def bigger_models(done: list[dict]) -> list[str]:
             if str(small.get("model")) == str(big.get("model")):
                 continue
             for axis in (0, 2):
-                ends = [_last(small, axis), _last(big, axis)]
+                ends = [last_val_x(small, axis), last_val_x(big, axis)]
                 if None in ends:
                     continue
-                a, b = _val_at(small, axis, min(ends)), _val_at(big, axis, min(ends))
+                a, b = val_loss_at(small, axis, min(ends)), val_loss_at(big, axis, min(ends))
                 if a is not None and b is not None:
                     tallies[axis][0] += b < a
                     tallies[axis][1] += 1

@@ -24,7 +24,7 @@ ANY_OF = ("measurement_contended", "peak_exceeded")
 ALL_OF = ("measurement_stable",)
 
 
-def _value(row: dict, key: str):
+def value_of(row: dict, key: str):
     """The row's own value, or the derived one for the throughput figures."""
     if key == "tflops_aggregate":
         return d.tflops_aggregate(row)
@@ -48,7 +48,7 @@ def _fold(members: list[dict]) -> dict:
     seen = [m.get("contention_seen") for m in members if m.get("contention_seen")]
     row["contention_seen"] = " | ".join(seen)
     for key in SPREAD_KEYS:
-        vals = [v for v in (_value(m, key) for m in members) if v is not None]
+        vals = [v for v in (value_of(m, key) for m in members) if v is not None]
         if vals:
             row[key] = median(vals)
             row[f"{key}_min"], row[f"{key}_max"] = min(vals), max(vals)
@@ -84,7 +84,7 @@ def bounds(row: dict, key: str) -> tuple[float, float] | None:
     over its repeats, else over its measured windows; None when it has neither."""
     if row.get(f"{key}_min") is not None:
         return row[f"{key}_min"], row[f"{key}_max"]
-    value, sps = _value(row, key), d.as_float(row.get("samples_per_s"))
+    value, sps = value_of(row, key), d.as_float(row.get("samples_per_s"))
     lo, hi = d.as_float(row.get("samples_per_s_min")), d.as_float(row.get("samples_per_s_max"))
     if value is None or not sps or lo is None or hi is None:
         return None

@@ -23,7 +23,7 @@ from src.report.fmt import (
     shorten,
     si_scale,
 )
-from src.report.repeats import bounds
+from src.report.repeats import bounds, value_of
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -145,8 +145,7 @@ def weak_table(groups: dict) -> Table | None:
 
 def _with_spread(row: dict, key: str, factor: float) -> str:
     """'3.1 (2.9-3.4)': the value and its min-max over repeats or windows (`bounds`)."""
-    value = d.tflops_aggregate(row) if key == "tflops_aggregate" else d.tflops_per_device(row)
-    text = fmt_num(value * 1e12 / factor)
+    text = fmt_num(value_of(row, key) * 1e12 / factor)
     span = bounds(row, key)
     if span and span[1] > span[0]:
         text += f" ({fmt_range(span[0] * 1e12 / factor, span[1] * 1e12 / factor)})"
