@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,19 @@ def test_repeat_key_separates_jobs_but_not_their_group():
     assert repeat_fingerprint(cfgs[0]) == repeat_fingerprint(cfgs[1])  # one configuration
     other = OmegaConf.merge(cfgs[0], {"seed": 7})
     assert repeat_fingerprint(other) != repeat_fingerprint(cfgs[0])
+
+
+@pytest.mark.parametrize("override, culprit", [
+    ("report.tolerances.efficiency=-1", "report.tolerances.efficiency=-1"),
+    ("+report.tolerances.speed=0.1", "report.tolerances.speed is not one of"),
+    ("report.loss_curves_x=epoch", "report.loss_curves_x='epoch'"),
+    ("report.include_flagged=maybe", "report.include_flagged='maybe'"),
+])
+def test_bad_report_settings_name_the_culprit(doubtful, override, culprit):
+    from src.errors import ReportError
+    from src.report.build import build_report
+
+    cfg = cfg_for(doubtful, "report.out_dir=" + str(doubtful / "bad"), override)
+    with pytest.raises(ReportError, match=re.escape(culprit)):
+        build_report([doubtful], OmegaConf.to_container(cfg.report, resolve=True))
+    assert not (doubtful / "bad").exists()  # checked before anything is written

@@ -236,6 +236,10 @@ def test_bad_arguments():
         ThroughputMonitor(warmup_steps=-1)
     with pytest.raises(ValueError):
         ThroughputMonitor(window_steps=0)
+    for bad in ({"max_cv": -0.1}, {"min_windows": 0}, {"peak_repeats": 0},
+                {"contention": {"max_other_cpu": 0.2}}):
+        with pytest.raises(ValueError, match="callbacks.throughput"):
+            ThroughputMonitor(**bad)
 
 
 class DumpingMonitor(ThroughputMonitor):

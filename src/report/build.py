@@ -11,7 +11,8 @@ from src.errors import ReportError
 from src.report.collect import collect, write_runs_csv
 from src.report.derive import derive
 from src.report.figures import make_all
-from src.report.flags import flag_rows
+from src.report.flags import TOLERANCES, flag_rows
+from src.report.loss_figure import X_AXES
 from src.report.page import render
 from src.report.repeats import fold_repeats
 
@@ -29,8 +30,25 @@ def sweep_dirs(value) -> list[Path]:
     return [Path(str(p)).expanduser() for p in items]
 
 
+def check_settings(rcfg: dict) -> None:
+    """The settings this change reads, checked before any file is read: ReportError naming
+    the culprit."""
+    for key, value in (rcfg.get("tolerances") or {}).items():
+        if key not in TOLERANCES:
+            raise ReportError(f"report.tolerances.{key} is not one of {sorted(TOLERANCES)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ReportError(f"report.tolerances.{key}={value!r} must be a number >= 0")
+    x_axis = rcfg.get("loss_curves_x", "step")
+    if x_axis not in X_AXES:
+        raise ReportError(f"report.loss_curves_x={x_axis!r} must be one of {sorted(X_AXES)}")
+    if not isinstance(rcfg.get("include_flagged", False), bool):
+        raise ReportError(f"report.include_flagged={rcfg['include_flagged']!r} must be true "
+                          "or false")
+
+
 def build_report(sweeps: list[Path], rcfg: dict) -> dict:
     """Write the report; returns {"summary": path, "runs_csv": path, "figures": [paths]}."""
+    check_settings(rcfg)
     jobs, notes = collect(sweeps)
     rows = fold_repeats(jobs)  # one row per configuration from here on
     groups = derive(rows, rcfg["keys"]["strong_scaling"], rcfg["keys"]["weak_scaling"])

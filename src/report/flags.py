@@ -15,6 +15,8 @@ from src.report.fmt import fmt_num
 MARK = "\u26a0"
 FLAGS = ("super-linear", "weak above 100 %", "MFU above 1", "unstable", "contended",
          "repeats disagree", "baseline flagged")
+# report.tolerances and their values when conf/report.yaml does not set them
+TOLERANCES = {"efficiency": 0.1, "repeat_spread": 0.1}
 # what a flag on a scaling baseline says about every speed-up measured against it
 MEASUREMENT_FLAGS = ("unstable", "contended", "MFU above 1", "repeats disagree")
 
@@ -95,7 +97,7 @@ def _scaling(rows: list[dict], tol: dict) -> None:
 
 def flag_rows(rows: list[dict], tolerances: dict) -> list[dict]:
     """Set `flags` and `flag_reasons` on every complete row; returns the flagged rows."""
-    tol = {"efficiency": 0.1, "repeat_spread": 0.1, **(tolerances or {})}
+    tol = {**TOLERANCES, **(tolerances or {})}
     done = d.complete(rows)
     for row in done:
         row["flags"], row["flag_reasons"] = [], {}

@@ -63,7 +63,7 @@ def _panel(ax, runs: list[dict], vary: list[str], x_index: int) -> bool:
 
 def loss_curves(rows, out_dir: Path, dpi, max_runs_per_model: int,
                 x_axis: str = "step") -> str | None:
-    x_index, x_label = X_AXES.get(x_axis, X_AXES["step"])
+    x_index, x_label = X_AXES[x_axis]
     done = [r for r in d.complete(rows)
             if any(_points(r, k, x_index) for k in ("train/loss", "val/loss"))]
     if not done:
