@@ -3,6 +3,7 @@ in the same run, on the same split, on a dataset this script generates.
 
     python -m benchmarks.convergence                               # sim=tiny, 384 simulations
     python -m benchmarks.convergence --sims 64 --models small,medium --max-time 00:00:10:00
+    python -m benchmarks.convergence --sim-override sim.n_sub=1    # whole 64^3 boxes as samples
 
 Steps: `generate.py sim=<--sim> campaign.n_sims=<--sims>` into <--out>/data (resumable),
 then per model one `train.py experiment=convergence` job with early stopping off, so every
@@ -33,10 +34,12 @@ def _run(args: list[str], timeout_s: float) -> None:
     subprocess.run([sys.executable, *args], cwd=ROOT, check=True, timeout=timeout_s)
 
 
-def generate(out: Path, sim: str, sims: int, timeout_s: float) -> Path:
+def generate(out: Path, args) -> Path:
+    if args.data is not None:  # an existing set, used as it is
+        return args.data.expanduser().absolute()
     data = out / "data"
-    _run(["generate.py", f"sim={sim}", f"campaign.n_sims={sims}", f"paths.data_dir={data}"],
-         timeout_s)
+    _run(["generate.py", f"sim={args.sim}", f"campaign.n_sims={args.sims}",
+          f"paths.data_dir={data}", *args.sim_override], args.timeout)
     return data
 
 
@@ -102,6 +105,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/bench/convergence"))
     ap.add_argument("--sim", default="tiny")
     ap.add_argument("--sims", type=int, default=384)
+    ap.add_argument("--sim-override", action="append", default=[], help="generate.py override")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="an existing data set instead of generating one")
     ap.add_argument("--models", default="small", help="comma-separated: small,medium")
     ap.add_argument("--max-time", default="00:00:30:00", help="per model, DD:HH:MM:SS")
     ap.add_argument("--epochs", type=int, default=30)
@@ -109,7 +115,7 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="extra train.py override")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args()
-    data = generate(args.out, args.sim, args.sims, args.timeout)
+    data = generate(args.out, args)
     records = [(m, train(args.out, data, m, args)) for m in args.models.split(",")]
     rows = [report(m, rec) for m, rec in records]
     summary = {"rows": rows}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.errors import ModelConfigError
+from src.errors import ConfigError, ModelConfigError
 from src.models.cosmoflow import CosmoFlowNet, blocks_for_size
 from src.models.lars import clip_relative_update_, lars_targets
 from src.models.regressor import CosmoRegressor
@@ -23,6 +23,22 @@ def test_forward_shape_and_range(size):
     net = CosmoFlowNet(2, size, 3)
     y = net(torch.randn(2, 2, size, size, size) * 100)
     assert y.shape == (2, 3) and y.abs().max() <= 1.2
+
+
+def test_linear_head_keeps_a_gradient_where_the_tanh_head_has_none():
+    # a first update too large for the head pushes its pre-activation far out: tanh then
+    # passes no gradient back and the run cannot recover; the linear head still learns
+    grads = {}
+    for output in ("tanh", "linear"):
+        torch.manual_seed(0)
+        net = CosmoFlowNet(1, 16, 3, output=output)
+        with torch.no_grad():
+            net.head.layers[-1].bias.fill_(8.0)  # far beyond tanh's knee
+        loss = torch.nn.functional.mse_loss(net(torch.rand(4, 1, 16, 16, 16)), torch.zeros(4, 3))
+        loss.backward()
+        grads[output] = net.head.layers[-1].weight.grad.abs().max().item()
+    assert net.head.bound is None
+    assert grads["tanh"] < 1e-4 < grads["linear"]
 
 
 def test_mlperf_128_parameter_count():
@@ -85,6 +101,23 @@ def test_warmup_then_cosine_schedule():
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4] == pytest.approx(1.0) and factors[14] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+
+
+def test_warmup_takes_at_most_its_share_of_a_short_run():
+    module = CosmoRegressor(CosmoFlowNet(1, 16, 3), ["a", "b", "c"], {k: (0, 1) for k in "abc"},
+                            optimizer=_adam(), warmup_steps=500, warmup_max_frac=0.1)
+    assert [module.lr_factor(s, 40) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # 4 = 10 % of 40
+    assert module.lr_factor(99, 10000) == pytest.approx(0.2)  # a long run: all 500 steps
+
+
+@pytest.mark.parametrize("kwargs,culprit", [
+    ({"warmup_steps": -1}, "schedule.warmup_steps=-1"),
+    ({"warmup_max_frac": 1.5}, "schedule.warmup_max_frac=1.5"),
+])
+def test_bad_warmup_is_a_clear_error(kwargs, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        CosmoRegressor(CosmoFlowNet(1, 16, 3), ["a", "b", "c"], {k: (0, 1) for k in "abc"},
+                       optimizer=_adam(), **kwargs)
 
 
 def test_pool_before_activation_is_the_same_function_and_bf16_pools_in_bf16():

@@ -72,6 +72,7 @@ def test_missing_genotype_file_is_a_user_error(tmp_path):
     ({"hidden": 64}, r"model.net.hidden=64 must be a list"),
     ({"dropout": 1.0}, r"model.net.dropout=1.0"),
     ({"negative_slope": "steep"}, r"model.net.negative_slope='steep' must be a number"),
+    ({"output": "relu"}, r"model.net.output='relu'; choose one of \('tanh', 'linear'\)"),
 ])
 def test_bad_darts_net_values_name_their_key(kwargs, culprit):
     with pytest.raises(ModelConfigError, match=culprit):
@@ -91,6 +92,7 @@ def test_width_neither_configured_nor_recorded_is_named(tmp_path):
     ({"min_spatial": 0}, "model.net.min_spatial=0"),
     ({"hidden": [0]}, "model.net.hidden=0"),
     ({"dropout": -0.1}, "model.net.dropout=-0.1"),
+    ({"output": None}, "model.net.output=None"),
 ])
 def test_bad_small_net_values_name_their_key(kwargs, culprit):
     with pytest.raises(ModelConfigError, match=culprit):

@@ -78,7 +78,7 @@ def _check_mllog(path, cwd, status):
 def test_target_not_reached_penalises_valid_flops_and_warns_on_saturation(train_cfg):
     with pytest.warns(UserWarning, match="saturate the tanh"):
         result = run(train_cfg(*EPOCHS, "trainer.max_epochs=2", *_absolute_target(1e-9),
-                               "optim.lr=0.05"))
+                               "optim.lr=0.05", "model.net.output=tanh"))
     m = result["metrics"]
     assert result["config"]["global_step"] == 4  # the whole budget: never reached
     assert m["target_reached"] is False and "time_to_target_s" not in m

@@ -10,17 +10,26 @@ from src.kernels import cpu_kernels
 from src.kernels.depthwise import has_hooks
 
 OUTPUT_SCALE = 1.2  # labels live in [-1, 1]; tanh * 1.2 keeps the edges reachable
+# the head's last activation: tanh x OUTPUT_SCALE (MLPerf's CosmoFlow; bounded, but a large
+# first update can push it where its gradient vanishes) or linear (unbounded, so it cannot
+# saturate; docs/benchmarks.md "Does the small model learn?")
+OUTPUTS = ("tanh", "linear")
 # CosmoFlow's LeakyReLU slope and dense head, the defaults of every model config
 NEGATIVE_SLOPE = 0.3
 HIDDEN = (128, 64)
 
 
 class DenseHead(nn.Module):
-    """The dense head shared by every model: hidden layers, then n_params, tanh * 1.2."""
+    """The dense head shared by every model: hidden layers, then n_params, then `output`
+    (tanh * 1.2, or linear). `bound` is the largest |prediction| (None: unbounded)."""
 
     def __init__(self, in_features: int, n_params: int, hidden=HIDDEN, dropout: float = 0.0,
-                 negative_slope: float = NEGATIVE_SLOPE):
+                 negative_slope: float = NEGATIVE_SLOPE, output: str = "tanh"):
         super().__init__()
+        if output not in OUTPUTS:  # checked by src.models.checks for configs; this for callers
+            raise ValueError(f"output={output!r}; choose one of {OUTPUTS}")
+        self.output = output
+        self.bound = OUTPUT_SCALE if output == "tanh" else None
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -30,7 +39,8 @@ class DenseHead(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.layers(torch.flatten(x, 1))) * OUTPUT_SCALE
+        out = self.layers(torch.flatten(x, 1))
+        return torch.tanh(out) * OUTPUT_SCALE if self.output == "tanh" else out
 
 
 class MaxPool3dKeepDtype(nn.MaxPool3d):

@@ -4,6 +4,7 @@ ModelConfigError naming its key (`model.net.<key>`) before any layer is built.""
 from __future__ import annotations
 
 from src.errors import ModelConfigError
+from src.layers.blocks import OUTPUTS
 from src.util import checks
 
 
@@ -27,3 +28,10 @@ def head(hidden, dropout, negative_slope) -> tuple[tuple[int, ...], float, float
     widths = tuple(count("hidden", w) for w in widths)
     return widths, number("dropout", dropout, 0.0, 1.0, high_open=True), \
         number("negative_slope", negative_slope)
+
+
+def output(value) -> str:
+    """`model.net.output`: the head's last activation, one of OUTPUTS."""
+    if value not in OUTPUTS:
+        raise ModelConfigError(f"model.net.output={value!r}; choose one of {OUTPUTS}")
+    return value

@@ -6,7 +6,7 @@ the same and the activation touches 8x fewer voxels (hence negative_slope >= 0 i
 The number of blocks follows the input size: blocks are added while the spatial size stays
 >= `min_spatial` after pooling, capped at `max_blocks` (MLPerf uses 5 blocks at 128^3,
 leaving 4^3). So 32^3 -> 3 blocks (4^3), 64^3 -> 4 blocks (4^3), 128^3 -> 5 blocks (4^3),
-256^3 -> 5 blocks (8^3). Then flatten -> DenseHead (128 -> 64 -> n_params, tanh * 1.2).
+256^3 -> 5 blocks (8^3). Then flatten -> DenseHead (128 -> 64 -> n_params, then `output`: tanh * 1.2 or linear).
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ class CosmoFlowNet(nn.Module):
         hidden=HIDDEN,
         dropout: float = 0.0,
         negative_slope: float = NEGATIVE_SLOPE,
+        output: str = "tanh",
     ):
         super().__init__()
         base_filters = checks.count("base_filters", base_filters)
         max_blocks = checks.count("max_blocks", max_blocks)
         min_spatial = checks.count("min_spatial", min_spatial)
         hidden, dropout, negative_slope = checks.head(hidden, dropout, negative_slope)
+        output = checks.output(output)
         if negative_slope < 0:  # pool-then-activation equals the paper's order only if monotone
             raise ModelConfigError(
                 f"negative_slope={negative_slope}: the CosmoFlow net pools before its LeakyReLU, "
@@ -76,7 +78,8 @@ class CosmoFlowNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.n_blocks = n_blocks
         out_size = input_size // 2**n_blocks
-        self.head = DenseHead(channels * out_size**3, n_params, hidden, dropout, negative_slope)
+        self.head = DenseHead(channels * out_size**3, n_params, hidden, dropout, negative_slope,
+                              output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -104,11 +104,13 @@ class DartsNet(nn.Module):
                  genotype: Genotype | dict | str | Path, C: int | None = None,
                  n_cells: int | None = None, reductions: list[int] | None = None,
                  stem_multiplier: int | None = None, hidden=HIDDEN, dropout: float = 0.0,
-                 negative_slope: float = NEGATIVE_SLOPE, head_pool: int | None = None):
+                 negative_slope: float = NEGATIVE_SLOPE, head_pool: int | None = None,
+                 output: str = "tanh"):
         super().__init__()
         genotype, recorded = genotype_and_network(genotype)
         shape = network_shape(recorded, C, n_cells, reductions, stem_multiplier, head_pool)
         hidden, dropout, negative_slope = checks.head(hidden, dropout, negative_slope)
+        output = checks.output(output)
         self.genotype, self.C, self.n_cells = genotype, shape["C"], shape["n_cells"]
         self.reductions, self.input_size = shape["reductions"], input_size
 
@@ -121,7 +123,7 @@ class DartsNet(nn.Module):
         self.head_pool = shape["head_pool"]
         self.pool, voxels = head_pool_layer(self.head_pool, input_size,
                                             len(set(self.reductions)))
-        self.head = DenseHead(C_p * voxels, n_params, hidden, dropout, negative_slope)
+        self.head = DenseHead(C_p * voxels, n_params, hidden, dropout, negative_slope, output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)

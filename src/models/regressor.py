@@ -4,7 +4,7 @@ MSE on labels normalised to [-1, 1]; validation MAE per parameter in normalised 
 units; the configured optimizer (`optim`, a Hydra `_partial_`: it gets the parameters here)
 with an optional LARS trust ratio on its update (`lars`); linear warm-up then a configurable
 decay (`schedule`), scaled with the global batch (`schedule.lr_scaling`); a warning when the
-predictions saturate the tanh head.
+predictions saturate a bounded (tanh) head.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from src.errors import ConfigError
-from src.layers.blocks import OUTPUT_SCALE
 from src.models.lars import clip_relative_update_, lars_targets
 
 DECAYS = ("constant", "cosine", "linear")
 LR_SCALINGS = ("none", "linear", "sqrt")
 # a prediction this close to the head's bound sits where tanh has next to no gradient
-SATURATED = 0.99 * OUTPUT_SCALE
+SATURATED = 0.99
 SATURATION_EARLY_STEPS, SATURATION_EVERY = 16, 64
 
 
@@ -54,6 +53,7 @@ class CosmoRegressor(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lars: dict | None = None,
         warmup_steps: int = 0,
+        warmup_max_frac: float = 1.0,
         decay: str = "cosine",
         min_lr_ratio: float = 0.01,
         lr_scaling: str = "none",
@@ -66,6 +66,9 @@ class CosmoRegressor(L.LightningModule):
             raise ConfigError(f"schedule.decay={decay!r}; choose one of {DECAYS}")
         if lr_scaling not in LR_SCALINGS:
             raise ConfigError(f"schedule.lr_scaling={lr_scaling!r}; choose one of {LR_SCALINGS}")
+        if int(warmup_steps) < 0 or not 0.0 <= float(warmup_max_frac) <= 1.0:
+            raise ConfigError(f"schedule.warmup_steps={warmup_steps} must be >= 0 and "
+                              f"schedule.warmup_max_frac={warmup_max_frac} in [0, 1]")
         if int(lr_reference_batch) < 1:
             raise ConfigError(f"schedule.lr_reference_batch={lr_reference_batch} must be >= 1")
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -97,20 +100,22 @@ class CosmoRegressor(L.LightningModule):
         return loss
 
     def _warn_if_saturated(self, pred: torch.Tensor) -> None:
-        """Once per run: most predictions at the tanh bound means the head has next to no
+        """Once per run: most predictions at a bounded head's bound means it has next to no
         gradient left, and the run may never recover (a learning rate too high for it)."""
+        bound = getattr(getattr(self.net, "head", None), "bound", None)
         step = self.global_step
         # reading the fraction syncs a GPU: every step early on, where a high lr kills the
         # head, and then only now and then
-        if self._saturation_warned or (step >= SATURATION_EARLY_STEPS and step % SATURATION_EVERY):
+        if bound is None or self._saturation_warned or (
+                step >= SATURATION_EARLY_STEPS and step % SATURATION_EVERY):
             return
-        frac = float((pred.detach().abs() > SATURATED).float().mean())
+        frac = float((pred.detach().abs() > SATURATED * bound).float().mean())
         if frac > 0.5:
             self._saturation_warned = True
             rank_zero_warn(
                 f"step {self.global_step}: {frac:.0%} of the predictions saturate the tanh x "
-                f"{OUTPUT_SCALE} output head, whose gradient then vanishes; lower optim.lr or "
-                "raise schedule.warmup_steps")
+                f"{bound} output head, whose gradient then vanishes; lower optim.lr, raise "
+                "schedule.warmup_steps or set model.net.output=linear")
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -136,7 +141,8 @@ class CosmoRegressor(L.LightningModule):
 
     def lr_factor(self, step: int, total: int) -> float:
         """Multiplier of the base learning rate at optimizer step `step` of `total`."""
-        warm = self.hparams.warmup_steps
+        # a short run (a demo, a few epochs) keeps most of its steps at the full rate
+        warm = min(int(self.hparams.warmup_steps), int(self.hparams.warmup_max_frac * total))
         if step < warm:
             return (step + 1) / warm
         if self.hparams.decay == "constant" or total <= warm:

@@ -1,0 +1,92 @@
+"""How much do the summary statistics of one sample say about its parameters? A ceiling check
+for the quality target: the ridge of the quality baselines on each sample's statistics, on
+quadratic features of them (a nonlinear regression of the same numbers), and on the statistics
+averaged over the sub-volumes of each simulation (the volume of the whole box).
+
+    python -m benchmarks.information --data DIR          # a generate.py set, e.g. sim=tiny
+
+If the ridge on whole-box statistics is far better than on single sub-volumes while the
+quadratic ridge is not, the sub-volume's own sample variance, not the regression, limits what
+any model can learn from one sample (docs/benchmarks.md "Does the small model learn?").
+Same split (data.val_fraction, data.split_seed), features and R² as the training jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from src.datamodules.split import split_simulations
+from src.quality.baselines import Ridge, errors, sample_features
+from src.sim.store import read_manifest, read_simulation
+
+
+def features_and_labels(data: Path, pk_bins: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """[sims, n_sub, features] and normalised labels [sims, P] of every file in the manifest."""
+    manifest = read_manifest(data)
+    ranges = manifest["param_ranges"]
+    feats, labels, ids = [], [], []
+    for entry in manifest["files"]:
+        x, _, _ = read_simulation(data / entry["file"])
+        feats.append(np.stack([sample_features(sub, pk_bins) for sub in x]))
+        labels.append([(entry["params"][p] - sum(ranges[p]) / 2) / ((ranges[p][1] - ranges[p][0]) / 2)
+                       for p in manifest["param_names"]])
+        ids.append(int(entry["id"]))
+    return np.stack(feats), np.asarray(labels), ids
+
+
+def quadratic(f: np.ndarray) -> np.ndarray:
+    """Standardised features and all their pairwise products."""
+    z = (f - f.mean(axis=0)) / np.where(f.std(axis=0) > 0, f.std(axis=0), 1.0)
+    i, j = np.triu_indices(z.shape[1])
+    return np.hstack([z, z[:, i] * z[:, j]])
+
+
+def fit(f_tr, y_tr, f_va, y_va, alpha: float) -> dict:
+    mse = errors(Ridge.fit(f_tr, y_tr, alpha).predict(f_va), y_va)["mse"]
+    ref = ((y_va - y_tr.mean(axis=0)) ** 2).mean(axis=0)
+    return {"val_mse": float(mse.mean()), "r2": [float(v) for v in 1 - mse / ref],
+            "mean_mse": float(ref.mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--val-fraction", type=float, default=0.25)
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--pk-bins", type=int, default=4)
+    ap.add_argument("--alpha", type=float, default=1.0, help="ridge penalty (quadratic: x10)")
+    args = ap.parse_args()
+    feats, y, ids = features_and_labels(args.data, args.pk_bins)
+    tr, va = split_simulations(ids, args.val_fraction, args.split_seed, args.data)
+    n_sub, n_feat = feats.shape[1], feats.shape[2]
+
+    def per_sample(f):  # every sub-volume a sample, its simulation's labels
+        return f.reshape(-1, f.shape[-1])
+
+    def labels(idx):
+        return np.repeat(y[idx], n_sub, axis=0)
+
+    quad = quadratic(per_sample(feats)).reshape(len(ids), n_sub, -1)
+    rows = {
+        "sub-volume statistics (the quality baseline)":
+            fit(per_sample(feats[tr]), labels(tr), per_sample(feats[va]), labels(va), args.alpha),
+        "quadratic in them":
+            fit(per_sample(quad[tr]), labels(tr), per_sample(quad[va]), labels(va), 10 * args.alpha),
+        f"averaged over each simulation's {n_sub} sub-volumes":
+            fit(feats[tr].mean(axis=1), y[tr], feats[va].mean(axis=1), y[va], args.alpha),
+    }
+    print(f"{args.data}: {len(tr)} train / {len(va)} val simulations, {n_sub} sub-volume(s) "
+          f"each, {n_feat} features")
+    for name, row in rows.items():
+        r2 = ", ".join(f"{v:.3f}" for v in row["r2"])
+        print(f"  ridge on {name}: val MSE {row['val_mse']:.4f} (training mean "
+              f"{row['mean_mse']:.4f}), R² {r2}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
