@@ -31,6 +31,8 @@ CONFIG_KEYS = (
     "global_batch_size", "input_size", "channels", "n_train_samples", "n_val_samples",
     "dataset_bytes", "data_staged_to", "max_epochs", "max_steps", "global_step", "epochs_done",
     "accelerator", "strategy", "emulated", "data_dir", "seed", "repeat", "repeat_of",
+    # training samples per method, e.g. {"simulation": 96, "gan": 64} (data.extra_train_dirs)
+    "data_sources",
 )
 # The machine of rank 0 ("system" section).
 SYSTEM_KEYS = (

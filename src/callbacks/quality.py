@@ -71,12 +71,14 @@ class QualityMonitor(Callback):
         if len(val) == 0:
             return {}
         start = time.perf_counter()
-        y_train = train.labels[train.index[:, 0]]
+        # the training samples of data.dir only: extra (e.g. generated) ones come after them
+        n_primary = int(getattr(dm, "n_primary_train", len(train)))
+        y_train = train.labels[train.index[:n_primary, 0]]
         y_val = val.labels[val.index[:, 0]]
         result = {"mean": mean_errors(y_train, y_val)}
         extra = {}
         if self.baselines["enabled"]:
-            pick = np.arange(len(train))
+            pick = np.arange(n_primary)
             if len(pick) > int(self.baselines["max_train_samples"]):
                 pick = np.sort(np.random.default_rng(0).choice(
                     len(pick), int(self.baselines["max_train_samples"]), replace=False))

@@ -1,5 +1,10 @@
 """CosmoDataModule: manifest -> split by simulation -> nested fraction -> rank shard -> read.
 
+`extra_train_dirs` (e.g. GAN cubes, docs/gan.md) only ever add training samples: all of their
+sub-volumes join the training set after the split and the fraction of `dir`, so validation
+stays on `dir`'s simulations and their split is unchanged; labels are normalised by `dir`'s
+ranges. `data_sources` counts the training samples per method ("simulation", "gan").
+
 The pieces live beside it: the split and the nested fraction (split.py), the rank shards
 (sampler.py), staging to RAM or node-local storage (staging.py), the samples (dataset.py),
 the per-file checks against the manifest (src.sim.store.verify_simulation) and the
@@ -44,6 +49,7 @@ class CosmoDataModule(L.LightningDataModule):
         stage_ram_max_frac: float = 0.25,
         verify: str = "full",
         seed: int = 0,
+        extra_train_dirs=(),
     ):
         super().__init__()
         if transform not in TRANSFORMS:
@@ -74,6 +80,8 @@ class CosmoDataModule(L.LightningDataModule):
         self.val_sim_ids: list[int] = []
         self.sample_shape = tuple(int(s) for s in self.manifest["sample_shape"])
         self.train_set = self.val_set = None
+        self.extra = [self._extra_manifest(Path(str(d))) for d in (extra_train_dirs or ())]
+        self.data_sources: dict[str, int] = {}
 
     # -- facts the model and the report need -------------------------------------------
     @property
@@ -88,6 +96,26 @@ class CosmoDataModule(L.LightningDataModule):
     def sample_bytes(self) -> int:
         return int(np.prod(self.sample_shape)) * 4
 
+    def _extra_manifest(self, path: Path) -> tuple[Path, dict]:
+        """An extra training dir's manifest, checked against `dir`'s: same samples, same
+        parameters, parameter ranges within `dir`'s (its labels are normalised by those)."""
+        if path.absolute() == self.data_dir.absolute():
+            raise DataError(f"data.extra_train_dirs: {path} is data.dir itself")
+        try:
+            manifest = read_manifest(path)
+        except DataError as err:
+            raise DataError(f"data.extra_train_dirs: {err}") from err
+        for key in ("sample_shape", "param_names"):
+            if list(manifest[key]) != list(self.manifest[key]):
+                raise DataError(f"data.extra_train_dirs: {path} has {key} {manifest[key]}, "
+                                f"data.dir={self.data_dir} has {self.manifest[key]}")
+        for name in self.param_names:
+            (lo, hi), (mlo, mhi) = manifest["param_ranges"][name], self.param_ranges[name]
+            if float(lo) < mlo or float(hi) > mhi:
+                raise DataError(f"data.extra_train_dirs: {path} has {name} in [{lo}, {hi}], "
+                                f"beyond data.dir's [{mlo}, {mhi}]")
+        return path, manifest
+
     # -- set-up ------------------------------------------------------------------------
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -95,10 +123,10 @@ class CosmoDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _check_files(self) -> tuple[list[Path], np.ndarray]:
+    def _check_files(self, data_dir: Path, manifest: dict) -> tuple[list[Path], np.ndarray]:
         files, labels = [], []
-        for entry in self.manifest["files"]:
-            path = self.data_dir / entry["file"]
+        for entry in manifest["files"]:
+            path = data_dir / entry["file"]
             labels.append(verify_simulation(path, entry, self.verify == "full",
                                             self.sample_shape, self.n_params))
             files.append(path)
@@ -116,7 +144,7 @@ class CosmoDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        files, raw_labels = self._check_files()
+        files, raw_labels = self._check_files(self.data_dir, self.manifest)
         labels = self._normalise_labels(raw_labels)
         n_subs = [int(e.get("n_sub", 1)) for e in self.manifest["files"]]
         train_sims, val_sims = self.split()
@@ -124,8 +152,13 @@ class CosmoDataModule(L.LightningDataModule):
         train_all = sample_index(train_sims, n_subs)
         # One fixed seeded order; a fraction is a prefix of it, so fractions nest.
         train_index = train_all[nested_prefix(len(train_all), self.fraction, self.split_seed + 1)]
-        n_take = len(train_index)
         self.train_sim_ids = sorted({self.sim_ids[f] for f in train_index[:, 0].tolist()})
+        self.data_sources = {"simulation": len(train_index)}
+        # the baselines fit on these alone, so a target relative to them does not move when
+        # generated cubes are added (src/callbacks/quality.py)
+        self.n_primary_train = len(train_index)
+        files, labels, train_index = self._add_extra(files, labels, train_index)
+        n_take = len(train_index)
         rank, world = self._world()
         if n_take < world:
             raise DataError(
@@ -152,6 +185,22 @@ class CosmoDataModule(L.LightningDataModule):
             "data: %d train samples (fraction %g of %d), %d val samples, world %d",
             n_take, self.fraction, len(train_all), len(self.val_set), world,
         )
+
+    def _add_extra(self, files: list, labels: np.ndarray, train_index: np.ndarray):
+        """Append every sub-volume of the extra dirs to the training index (after the split and
+        the fraction of `dir`, which they leave as they were); count them per method."""
+        files, labels, parts = list(files), [labels], [train_index]
+        for path, manifest in self.extra:
+            extra_files, raw = self._check_files(path, manifest)
+            first = len(files)
+            files += extra_files
+            labels.append(self._normalise_labels(raw))
+            for k, entry in enumerate(manifest["files"]):
+                n_sub = int(entry.get("n_sub", 1))
+                parts.append(np.array([(first + k, s) for s in range(n_sub)], dtype=np.int64))
+                method = str(entry.get("method", "simulation"))
+                self.data_sources[method] = self.data_sources.get(method, 0) + n_sub
+        return files, np.concatenate(labels), np.concatenate(parts).reshape(-1, 2)
 
     # -- loaders -----------------------------------------------------------------------
     def _loader(self, dataset, shuffle: bool, equal: bool) -> DataLoader:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from src.report import derive as d
+from src.report.augment import data_augment_text
 from src.report.flags import MARK, flagged
 from src.report.fmt import DAGGER, fmt_bytes, fmt_range, fmt_si_range
 from src.report.quality import quality_rows
@@ -226,7 +227,7 @@ def table8(rows: list[dict], app: dict, groups: dict | None = None,
               if any(d.world_size(r) == 1 for r in done) else "n/a (no 1-rank run)")
     return [
         ("Domain", app.get("domain", "")),
-        ("Data augment", app.get("data_augment", "")),
+        ("Data augment", data_augment_text(every, app)),
         ("Model augment", app.get("model_augment", "")),
         ("DNN model", app.get("dnn_model", "") + (f"; models: {', '.join(models)}" if models else "")),
         ("Data format", _data_format(every or rows, app.get("data_format", ""))),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.errors import SimError
@@ -20,7 +21,7 @@ from src.sim.identity import GENERATOR, campaign_digest, code_version
 from src.sim.nbody import SimSpec, describe
 from src.sim.settings import campaign_settings
 from src.sim.store import MANIFEST_NAME, PARAM_NAMES, rebuild_manifest
-from src.sim.workers import Ranks, workers_for
+from src.sim.workers import MakeOne, Ranks, simulate_one, workers_for
 from src.util.progress import Progress
 
 
@@ -38,14 +39,31 @@ def _plan(held: contextlib.ExitStack, job: Mapping, spec: SimSpec, settings: Map
     return missing_ids(job, spec, settings, data_dir)
 
 
-def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir) -> dict:
+@dataclass(frozen=True)
+class Method:
+    """How a campaign's files are made; the default is N-body simulation. Another method (the
+    GAN, src/gan/campaign.py) brings its own per-id writer and what its job and manifest add;
+    ids, parameters, seeds, workers, resume and the manifest stay the campaign's."""
+
+    make_one: MakeOne = simulate_one  # module-level, so pool workers can unpickle it
+    job: Mapping = field(default_factory=dict)     # merged into every worker's job
+    header: Mapping = field(default_factory=dict)  # merged into the manifest's header
+    label: str = "simulating"
+    unit: str = "sim"
+
+
+SIMULATION = Method()
+
+
+def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir,
+                 method: Method = SIMULATION) -> dict:
     """Run (or complete) a campaign; returns a summary dict (the same on every MPI rank but for
     `rank`, this process's)."""
     t_start = time.perf_counter()
     spec = SimSpec.from_config(sim_cfg)
     settings = campaign_settings(camp_cfg, spec)
     data_dir = Path(data_dir)
-    job = _job(sim_cfg, settings, data_dir)
+    job = {**_job(sim_cfg, settings, data_dir), **method.job}
     ranks = Ranks.connect(settings["mpi"])
     hosts = ranks.hosts()
     with contextlib.ExitStack() as held:
@@ -53,22 +71,25 @@ def run_campaign(sim_cfg: Mapping, camp_cfg: Mapping, data_dir) -> dict:
         # so that all return or fail alike
         todo, skipped = ranks.agree(lambda: _plan(held, job, spec, settings, data_dir))
         workers = workers_for(ranks, settings, len(todo))
-        with Progress(len(todo), f"simulating ({workers.mode})", unit="sim",
+        with Progress(len(todo), f"{method.label} ({workers.mode})", unit=method.unit,
                       enabled=settings["progress"] and ranks.coordinator) as progress:
-            infos, errors = workers.map(job, todo, progress)
+            infos, errors = workers.map(job, todo, progress, method.make_one)
 
         def summary() -> dict:
             if errors:
                 raise SimError("; ".join(errors))
             ran = {"mode": workers.mode, "ranks": ranks.size, "hosts": hosts}
-            manifest = _write_manifest(data_dir, spec, {**job, "ran": ran}, settings["n_sims"])
+            manifest = _write_manifest(data_dir, {**_header(spec, {**job, "ran": ran}),
+                                                  **method.header}, settings["n_sims"])
             return {
                 "data_dir": str(data_dir), "manifest": str(manifest),
                 "n_files": settings["n_sims"],
                 "n_extra": warn_extra_files(data_dir, settings["n_sims"]),
                 "n_simulated": len(infos), "n_skipped": skipped, "mode": workers.mode,
                 "ranks": ranks.size, "wall_s": time.perf_counter() - t_start,
-                "sim_s": sum(i["timings"]["simulate_s"] for i in infos),
+                # time spent making the files (in the workers): simulate_s or generate_s
+                "sim_s": sum(i["timings"].get("simulate_s", i["timings"].get("generate_s", 0.0))
+                             for i in infos),
             }
 
         result = ranks.agree(summary)
@@ -93,11 +114,11 @@ def _header(spec: SimSpec, job: Mapping) -> dict:
     }
 
 
-def _write_manifest(data_dir: Path, spec: SimSpec, job: Mapping, n_sims: int) -> Path:
+def _write_manifest(data_dir: Path, header: Mapping, n_sims: int) -> Path:
     """The manifest lists ids 0..n_sims-1 only (the files of this campaign)."""
     with disk_full_means(f"{data_dir / MANIFEST_NAME}: disk full while writing the manifest; "
                          f"free space in {data_dir} and rerun (the simulation files are kept)"):
-        return rebuild_manifest(data_dir, _header(spec, job), ids=range(n_sims))
+        return rebuild_manifest(data_dir, header, ids=range(n_sims))
 
 
-__all__ = ["run_campaign"]
+__all__ = ["Method", "SIMULATION", "run_campaign"]

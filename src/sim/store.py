@@ -22,6 +22,8 @@ CONTRACT_VERSION = "1"
 PARAM_NAMES = ("Omega_M", "sigma_8", "n_s")
 MANIFEST_NAME = "manifest.json"
 FILE_PATTERN = "sim_{:06d}.h5"
+# attributes of a generated (method "gan") file that its manifest entry repeats
+GENERATED_BY = ("generator", "checkpoint_sha256")
 
 
 def sim_filename(sim_id: int) -> str:
@@ -192,6 +194,10 @@ def rebuild_manifest(data_dir: str | Path, header: Mapping, ids=None) -> Path:
                     for k, v in attrs.items()
                     if k.startswith("timing_")
                 },
+                # how the file was made: "simulation" (N-body; files without the attribute)
+                # or "gan", which also names its generator and that checkpoint's sha256
+                "method": str(attrs.get("method", "simulation")),
+                **{key: str(attrs[key]) for key in GENERATED_BY if key in attrs},
             }
         )
     return write_manifest(data_dir, {**header, "files": entries})

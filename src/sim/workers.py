@@ -3,7 +3,9 @@
 `Ranks` is this process among the campaign's processes: alone, or one rank of an MPI world
 (mpirun/srun with mpi4py); the coordinator (rank 0) decides and `agree` shares its verdict,
 so every rank returns or fails alike. `workers_for` picks one of three ways to run the ids,
-all with the same `map(job, todo, progress)`, each handing out ids dynamically:
+all with the same `map(job, todo, progress, make_one)`, each handing out ids dynamically
+(`make_one(job, id, local_rank)` writes one file: `simulate_one` by default; another method,
+such as the GAN's generator, passes its own module-level function):
   * Serial: in this process;
   * LocalPool: a spawn/forkserver process pool of `campaign.workers` processes;
   * MpiServer: rank 0 is the parameter server (paper, Algorithm 1), ranks 1.. ask it for
@@ -41,6 +43,8 @@ T = TypeVar("T")
 # process raises at once; one on another rank can only be reported, so the coordinator
 # can still tell every rank how the campaign ended
 Outcome = tuple[list, list]
+# writes the file of one id: (job, id, local_rank) -> {id, file, timings}
+MakeOne = Callable[[Mapping, int, int], dict]
 
 
 # ---------------------------------------------------------------- one simulation
@@ -160,7 +164,8 @@ class Ranks:
 class Workers(Protocol):
     mode: str  # "serial", "pool" or "mpi": what the campaign's summary reports
 
-    def map(self, job: Mapping, todo: list, progress: Progress) -> Outcome: ...
+    def map(self, job: Mapping, todo: list, progress: Progress,
+            make_one: MakeOne = ...) -> Outcome: ...
 
 
 class Serial:
@@ -169,13 +174,14 @@ class Serial:
     def __init__(self, threads: int | None):
         self.threads = threads
 
-    def map(self, job: Mapping, todo: list, progress: Progress) -> Outcome:
+    def map(self, job: Mapping, todo: list, progress: Progress,
+            make_one: MakeOne = simulate_one) -> Outcome:
         old = torch.get_num_threads()
         _set_threads(self.threads)
         try:
             infos = []
             for sim_id in todo:
-                infos.append(simulate_one(job, sim_id))
+                infos.append(make_one(job, sim_id))
                 progress.advance()
             return infos, []
         finally:
@@ -188,7 +194,8 @@ class LocalPool:
     def __init__(self, workers: int, threads: int | None, start_method: str):
         self.workers, self.threads, self.start_method = workers, threads, start_method
 
-    def map(self, job: Mapping, todo: list, progress: Progress) -> Outcome:
+    def map(self, job: Mapping, todo: list, progress: Progress,
+            make_one: MakeOne = simulate_one) -> Outcome:
         parent = os.getpid() if self.start_method == "spawn" else None
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(todo)),
                                    mp_context=mp.get_context(self.start_method),
@@ -196,7 +203,7 @@ class LocalPool:
         infos = []
         try:
             # the pool hands each free worker the next queued id: dynamic load balance
-            futures = {pool.submit(simulate_one, job, sim_id, k): sim_id
+            futures = {pool.submit(make_one, job, sim_id, k): sim_id
                        for k, sim_id in enumerate(todo)}
             for fut in as_completed(futures):
                 try:
@@ -220,14 +227,15 @@ class MpiServer:
     def __init__(self, comm, threads: int | None):
         self.comm, self.threads = comm, threads
 
-    def map(self, job: Mapping, todo: list, progress: Progress) -> Outcome:
+    def map(self, job: Mapping, todo: list, progress: Progress,
+            make_one: MakeOne = simulate_one) -> Outcome:
         rank, host = self.comm.Get_rank(), socket.gethostname()
         if rank == 0:
             log.info("rank 0 on %s: parameter server, %d ids for %d workers", host, len(todo),
                      self.comm.Get_size() - 1)
             return self._serve(todo, progress)
         log.info("rank %d on %s: worker", rank, host)
-        self._work(job)
+        self._work(job, make_one)
         return [], []
 
     def _serve(self, todo: list, progress: Progress) -> Outcome:
@@ -249,13 +257,13 @@ class MpiServer:
                 active -= 1
         return infos, errors
 
-    def _work(self, job: Mapping) -> None:
+    def _work(self, job: Mapping, make_one: MakeOne) -> None:
         comm, rank = self.comm, self.comm.Get_rank()
         _set_threads(self.threads)
         comm.send({"kind": "ready", "rank": rank}, dest=0, tag=1)
         while (sim_id := _wait(comm.irecv(source=0, tag=2))) is not None:
             try:
-                info = simulate_one(job, sim_id, local_rank=rank - 1)
+                info = make_one(job, sim_id, rank - 1)
                 comm.send({"kind": "done", "rank": rank, "info": info}, dest=0, tag=1)
             except Exception as err:  # reported to the server, which stops handing out ids
                 comm.send({"kind": "error", "rank": rank, "error": f"simulation {sim_id} on "

@@ -46,6 +46,7 @@ def config_summary(cfg: DictConfig, trainer, dm) -> dict:
         "input_size": dm.sample_shape[1],
         "channels": dm.sample_shape[0],
         "n_train_samples": dm.n_train_total,
+        "data_sources": dict(dm.data_sources),
         "n_val_samples": len(dm.val_set),
         "dataset_bytes": dm.train_files_bytes,
         "data_staged_to": str(dm.staged_to or "none"),

@@ -1,0 +1,82 @@
+"""CosmoGAN: the LightningModule that trains the conditional generator (docs/gan.md).
+
+Loss: hinge (SNGAN, BigGAN) with spectral norm on the discriminator. Spectral norm keeps the
+discriminator Lipschitz without a gradient penalty, so each step costs one backward per
+network and no double backward (R1 would about double the cost of a 3D step on CPU). The
+hinge loss stops pushing on samples already scored beyond the margin, which keeps the
+discriminator from overconfident gradients that collapse small GANs.
+
+Manual optimization: one discriminator step, then one generator step, per batch, each with
+its own Adam (beta1 = 0 and beta2 = 0.9 as in SNGAN: momentum lags behind the opponent).
+The batches are log1p(counts) cubes and parameters normalised to [-1, 1], as CosmoDataModule
+serves them; `hparams` carries everything sample.py needs to rebuild the generator.
+
+Dequantization (`dequantize`): simulated cubes hold integer particle counts, which a
+discriminator tells from any continuous output at a glance. The GAN therefore learns
+log1p(counts + u), u ~ U[0, 1) per voxel (as normalising flows do), and sample.py takes
+floor(expm1(output)): integer counts again, with the same distribution as the data's.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from src.gan.nets import Discriminator, Generator
+
+
+class CosmoGAN(L.LightningModule):
+    def __init__(self, cube_size: int, channels: int, param_names: list, param_ranges: dict,
+                 noise_dim: int = 64, width: int = 64, min_width: int = 8,
+                 lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple = (0.0, 0.9),
+                 dequantize: bool = True, train_data: str = "", description: str = "",
+                 val_fraction: float | None = None, split_seed: int | None = None):
+        super().__init__()
+        # all of these land in the checkpoint: sample.py rebuilds the generator from them;
+        # train_data and its split say which simulations it saw (src/gan/campaign.py)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        n_params = len(param_names)
+        self.generator = Generator(cube_size, channels, noise_dim, width, min_width, n_params)
+        self.discriminator = Discriminator(cube_size, channels, width, min_width, n_params)
+
+    def forward(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, params)
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.hparams.noise_dim, device=self.device)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.hparams.dequantize:  # log1p(n) -> log1p(n + u)
+            x = torch.log1p(torch.expm1(x) + torch.rand_like(x))
+        opt_g, opt_d = self.optimizers()
+        fake = self.generator(self.noise(x.shape[0]), y)
+
+        # discriminator: real above +1, fake below -1 (hinge)
+        d_real = self.discriminator(x, y)
+        d_fake = self.discriminator(fake.detach(), y)
+        loss_d = nn.functional.relu(1.0 - d_real).mean() + nn.functional.relu(1.0 + d_fake).mean()
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(loss_d)
+        opt_d.step()
+
+        # generator: raise the score of its own cubes
+        loss_g = -self.discriminator(fake, y).mean()
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+
+        self.log_dict({"gan/loss_d": loss_d.detach(), "gan/loss_g": loss_g.detach(),
+                       "gan/d_real": d_real.detach().mean(), "gan/d_fake": d_fake.detach().mean()},
+                      prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        betas = tuple(float(b) for b in hp.betas)
+        return (torch.optim.Adam(self.generator.parameters(), lr=hp.lr_g, betas=betas),
+                torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=betas))
+
+
+__all__ = ["CosmoGAN"]

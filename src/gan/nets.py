@@ -1,0 +1,119 @@
+"""The conditional 3D GAN's two networks (docs/gan.md).
+
+Generator: (noise z, the 3 parameters normalised to [-1, 1]) -> a [C, S, S, S] cube of
+log1p(voxel counts); counts = expm1(output). The output goes through softplus, so it is never
+negative and expm1 of it is a non-negative count, as in a simulation. S = 4 * 2^k.
+
+Discriminator: (cube in log1p units, parameters) -> one score per cube; a projection
+discriminator (Miyato & Koyama 2018): score = w . h + <embed(params), h>, which conditions
+more stably than feeding the parameters as input channels alone. Spectral norm on every
+layer bounds its Lipschitz constant, the usual companion of the hinge loss (src/gan/module.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from src.errors import ConfigError
+
+BASE = 4  # side of the generator's first volume and the discriminator's last
+
+
+class GanConfigError(ConfigError):
+    """A `gan.*` value or a generator checkpoint that cannot be used as configured."""
+
+
+def n_stages(cube_size: int) -> int:
+    """Doublings from 4^3 to cube_size^3; GanConfigError unless cube_size = 4 * 2^k, k >= 1."""
+    k = math.log2(cube_size / BASE) if cube_size >= BASE else -1
+    if cube_size < 2 * BASE or k != int(k):
+        raise GanConfigError(f"cube side {cube_size}: the GAN needs 8, 16, 32, 64, ... (4 * 2^k)")
+    return int(k)
+
+
+def stage_widths(width: int, min_width: int, stages: int) -> list[int]:
+    """Channels per stage: `width` at 4^3, halved per doubling, never below `min_width`."""
+    return [max(int(width) >> i, int(min_width)) for i in range(stages + 1)]
+
+
+def _broadcast(params: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return params[:, :, None, None, None].expand(-1, -1, *like.shape[2:])
+
+
+class PixelNorm(nn.Module):
+    """Each voxel's feature vector scaled to unit RMS (ProGAN). Not BatchNorm: a cube must not
+    depend on the others in its batch, or sample.py's cubes would change with the batch size
+    and eval-mode running statistics would differ from what the generator trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class GenBlock(nn.Module):
+    """x2 nearest upsample + two 3^3 convs. Upsample+conv rather than transposed convs: no
+    checkerboard pattern, which would show up as a spike in P(k) at the voxel scale. The
+    parameters join every block as constant channels, so each scale can follow them."""
+
+    def __init__(self, c_in: int, c_out: int, n_params: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv3d(c_in + n_params, c_out, 3, padding=1, padding_mode="circular"),
+            nn.LeakyReLU(0.2), PixelNorm(),
+            nn.Conv3d(c_out, c_out, 3, padding=1, padding_mode="circular"),
+            nn.LeakyReLU(0.2), PixelNorm(),
+        )
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        return self.net(torch.cat([x, _broadcast(params, x)], dim=1))
+
+
+class Generator(nn.Module):
+    """(z [B, noise_dim], params [B, n_params] in [-1, 1]) -> log1p counts [B, C, S, S, S]."""
+
+    def __init__(self, cube_size: int, channels: int = 1, noise_dim: int = 64, width: int = 64,
+                 min_width: int = 8, n_params: int = 3):
+        super().__init__()
+        widths = stage_widths(width, min_width, n_stages(cube_size))
+        self.cube_size, self.channels, self.noise_dim = int(cube_size), int(channels), int(noise_dim)
+        self.n_params = int(n_params)
+        self.stem = nn.Sequential(nn.Linear(noise_dim + n_params, widths[0] * BASE**3),
+                                  nn.LeakyReLU(0.2))
+        self.blocks = nn.ModuleList(GenBlock(a, b, n_params) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        # circular padding everywhere: a simulation box is periodic
+        self.head = nn.Conv3d(widths[-1], channels, 3, padding=1, padding_mode="circular")
+
+    def forward(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        x = self.stem(torch.cat([z, params], dim=1)).view(z.shape[0], -1, BASE, BASE, BASE)
+        for block in self.blocks:
+            x = block(x, params)
+        return nn.functional.softplus(self.head(x))  # log1p(counts) >= 0
+
+
+class Discriminator(nn.Module):
+    """(log1p cube [B, C, S, S, S], params [B, n_params]) -> score [B] (hinge: real > 0)."""
+
+    def __init__(self, cube_size: int, channels: int = 1, width: int = 64, min_width: int = 8,
+                 n_params: int = 3):
+        super().__init__()
+        widths = stage_widths(width, min_width, n_stages(cube_size))[::-1]  # small -> wide
+        layers = [spectral_norm(nn.Conv3d(channels, widths[0], 3, padding=1,
+                                          padding_mode="circular")), nn.LeakyReLU(0.2)]
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [spectral_norm(nn.Conv3d(a, b, 4, stride=2, padding=1,
+                                               padding_mode="circular")), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        feat = widths[-1] * BASE**3
+        self.linear = spectral_norm(nn.Linear(feat, 1))
+        self.embed = spectral_norm(nn.Linear(n_params, feat, bias=False))  # the projection
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).flatten(1)
+        return self.linear(h).squeeze(1) + (self.embed(params) * h).sum(dim=1)
+
+
+__all__ = ["GanConfigError", "Generator", "Discriminator", "n_stages", "stage_widths"]

@@ -1,0 +1,169 @@
+"""Train the conditional GAN on a simulation set as a Lightning job (docs/gan.md).
+
+Data: CosmoDataModule on `gan.train_data` (log1p cubes, labels in [-1, 1]) with the split of
+the training jobs, so the GAN sees only their training simulations. Checkpoints: last.ckpt in
+`gan.out_dir` at the end of every epoch (and at the end of training); `gan.resume` continues
+from it. Returns the checkpoint to sample from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from src.datamodules.cosmo import CosmoDataModule
+from src.errors import DataError
+from src.gan.module import CosmoGAN
+from src.gan.nets import GanConfigError
+from src.sim.store import read_manifest
+
+log = logging.getLogger(__name__)
+LAST = "last.ckpt"
+
+
+def check_train_data(gcfg: Mapping) -> tuple[Path, dict]:
+    """(dir, manifest) of `gan.train_data`: a generate.py simulation set, else one error."""
+    raw = gcfg.get("train_data")
+    if raw in (None, ""):
+        raise GanConfigError("gan.train_data is not set: name the DIR of a simulation set "
+                             "(generate.py sim=... paths.data_dir=DIR) to train and validate on")
+    path = Path(str(raw)).expanduser().absolute()
+    if not path.is_dir():
+        raise GanConfigError(f"gan.train_data={path}: no such directory")
+    try:
+        manifest = read_manifest(path)
+    except DataError as err:
+        raise GanConfigError(f"gan.train_data={path}: {err}") from err
+    if manifest.get("method", "simulation") != "simulation" or "sim" not in manifest:
+        raise GanConfigError(f"gan.train_data={path}: not a generate.py simulation set (its "
+                             "manifest has no `sim` config, or it was itself generated)")
+    return path, manifest
+
+
+def gan_datamodule(gcfg: Mapping, data_dir: Path) -> CosmoDataModule:
+    return CosmoDataModule(
+        dir=str(data_dir), batch_size=int(gcfg["batch_size"]),
+        val_fraction=float(gcfg["val_fraction"]), split_seed=int(gcfg["split_seed"]),
+        transform="log1p", augment=bool(gcfg["augment"]), num_workers=int(gcfg["num_workers"]),
+        stage=None, verify="full", seed=int(gcfg["seed"]))
+
+
+def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
+    channels, size = dm.sample_shape[0], dm.sample_shape[1]
+    return CosmoGAN(cube_size=size, channels=channels, param_names=list(dm.param_names),
+                    param_ranges={k: list(v) for k, v in dm.param_ranges.items()},
+                    noise_dim=int(gcfg["noise_dim"]), width=int(gcfg["width"]),
+                    min_width=int(gcfg["min_width"]), lr_g=float(gcfg["lr_g"]),
+                    lr_d=float(gcfg["lr_d"]), betas=[float(b) for b in gcfg["betas"]],
+                    dequantize=bool(gcfg["dequantize"]),
+                    train_data=str(dm.data_dir), description=description,
+                    val_fraction=float(gcfg["val_fraction"]), split_seed=int(gcfg["split_seed"]))
+
+
+def describe(gcfg: Mapping, dm: CosmoDataModule) -> str:
+    c, s = dm.sample_shape[0], dm.sample_shape[1]
+    return (f"saih-cosmo conditional 3D GAN (hinge + spectral norm, projection discriminator), "
+            f"noise {gcfg['noise_dim']}, width {gcfg['width']}-{gcfg['min_width']}, "
+            f"{c} x {s}^3, trained on {dm.data_dir}")
+
+
+def positive_int(gcfg: Mapping, key: str) -> int:
+    value = gcfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GanConfigError(f"gan.{key}={value!r} must be an integer >= 1")
+    return value
+
+
+# what a resumed run must share with the checkpoint: the networks, the optimizers (whose
+# state, learning rates included, is restored from it) and the simulations it trains on
+RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "lr_g", "lr_d", "betas",
+               "train_data", "val_fraction", "split_seed")
+
+
+def _plain(key: str, value):
+    """A RESUME_KEYS value in a form that compares equal across YAML, Hydra and torch.load."""
+    if key == "betas":
+        return [float(v) for v in value]
+    if key == "train_data":
+        return str(value)
+    return bool(value) if key == "dequantize" else float(value)
+
+
+def _resumable(ckpt: Path, gcfg: Mapping, data_dir: Path) -> dict:
+    """The checkpoint to resume, read; GanConfigError naming the first `gan.*` value it was
+    not trained with (a resumed run would fail to load it, or silently keep the old value)."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        hp = dict(state["hyper_parameters"])
+    except Exception as err:
+        raise GanConfigError(f"{ckpt}: not a readable GAN checkpoint to resume ({type(err).__name__}:"
+                             f" {err}); delete it or set gan.resume=false") from err
+    want = {**gcfg, "train_data": str(data_dir)}
+    for key in RESUME_KEYS:
+        if key not in hp or hp[key] is None:  # not recorded (an older checkpoint)
+            continue
+        have, new = hp[key], want[key]
+        if _plain(key, have) != _plain(key, new):
+            raise GanConfigError(
+                f"gan.{key}={new!r}, but {ckpt} was trained with {key}={have!r}: set it back, "
+                "or gan.resume=false (or another gan.out_dir) to train afresh")
+    return state
+
+
+def _finished(state: Mapping, epochs: int, max_steps: int) -> bool:
+    """Whether the checkpoint has trained `epochs` epochs or `max_steps` generator steps (its
+    global_step counts both optimizers: two per batch)."""
+    steps, epoch = int(state.get("global_step", 0)), int(state.get("epoch", 0))
+    return epoch >= epochs or (max_steps > 0 and steps >= 2 * max_steps)
+
+
+def train_gan(gcfg: Mapping) -> Path:
+    """Train (or finish training) the GAN of `gan.*`; returns out_dir/last.ckpt."""
+    data_dir, _ = check_train_data(gcfg)
+    for key in ("epochs", "batch_size", "noise_dim", "width", "min_width"):
+        positive_int(gcfg, key)
+    out_dir = Path(str(gcfg["out_dir"])).expanduser().absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / LAST
+    resume = last if gcfg["resume"] and last.is_file() else None
+    max_steps = int(gcfg["max_steps"])
+    state = _resumable(last, gcfg, data_dir) if resume is not None else None
+    if state is not None and _finished(state, int(gcfg["epochs"]), max_steps):
+        # nothing left to train: leave last.ckpt (and its sha256, in every generated file's
+        # attributes) untouched, so a rerun of the campaign resumes instead of refusing its files
+        log.info("GAN: %s already trained to gan.epochs / gan.max_steps", last)
+        return last
+    log.info("GAN: %s from %s", f"resuming {last}" if resume else "training afresh", data_dir)
+    L.seed_everything(int(gcfg["seed"]), workers=True)
+    if gcfg.get("threads"):
+        torch.set_num_threads(int(gcfg["threads"]))
+    dm = gan_datamodule(gcfg, data_dir)
+    module = build_gan(gcfg, dm, describe(gcfg, dm))
+    # No monitor (a GAN's losses do not rank checkpoints): top-1 keeps the newest epoch's
+    # file. Not save_top_k=0: ModelCheckpoint then never writes last.ckpt at an epoch's end
+    # (it writes "last" only in a step that saved a top-k file; tests/test_gan.py counts).
+    # No version counter: last.ckpt is always the newest state.
+    checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, every_n_epochs=1,
+                                 save_top_k=1, monitor=None, enable_version_counter=False)
+    trainer = L.Trainer(
+        accelerator=str(gcfg["accelerator"]), devices=gcfg["devices"],
+        precision=gcfg["precision"], max_epochs=int(gcfg["epochs"]),
+        # manual optimization counts both optimizers' steps: two per batch
+        max_steps=2 * max_steps if max_steps > 0 else -1,
+        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[checkpoint],
+        logger=CSVLogger(str(out_dir), name="", version=""), log_every_n_steps=1,
+        enable_progress_bar=bool(gcfg["progress"]), default_root_dir=str(out_dir),
+        enable_model_summary=False)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    trainer.save_checkpoint(last)  # the final state, also when max_steps ended an epoch early
+    return last
+
+
+__all__ = ["LAST", "RESUME_KEYS", "positive_int", "check_train_data", "gan_datamodule",
+           "build_gan", "describe", "train_gan"]
