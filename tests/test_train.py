@@ -30,8 +30,16 @@ def test_run_writes_complete_metrics(train_cfg, tmp_path):
     assert cfg["n_train_samples"] == 56  # 7 of 8 simulations x 8 sub-volumes (split.py)
     assert cfg["data_staged_to"] == "ram"  # stage: auto, and the tiny set fits
     assert [p[0] for p in saved["history"]["train/loss"]] == [1, 2]
+    # fit validated at its last step: the final validation is not run a second time
+    assert [p[0] for p in saved["history"]["val/loss"]] == [2]
     assert (tmp_path / "job" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "job" / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_final_validation_runs_when_fit_did_not_validate(train_cfg):
+    result = run(train_cfg("+trainer.check_val_every_n_epoch=2"))
+    assert [p[0] for p in result["history"]["val/loss"]] == [2]
+    assert math.isfinite(result["metrics"]["val/loss"])
 
 
 def test_resume_from_last_continues_the_run(train_cfg, tmp_path):

@@ -85,6 +85,9 @@ class CosmoRegressor(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.channels_last = channels_last
         self._saturation_warned = False
+        # the step of the last validation in fit: the final one (src/training/fit.py) is
+        # skipped when the weights have not moved since
+        self.validated_at_step: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -129,6 +132,10 @@ class CosmoRegressor(L.LightningModule):
             self.log(f"val/mse_{name}", sq_err[i], sync_dist=True, batch_size=n)
             self.log(f"val/mae_{name}_norm", abs_err[i], sync_dist=True, batch_size=n)
             self.log(f"val/mae_{name}", abs_err[i] * self.half_range[i], sync_dist=True, batch_size=n)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = int(self.global_step)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         if not self.lars.get("enabled", False):

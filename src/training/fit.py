@@ -103,7 +103,10 @@ def fit_job(cfg: DictConfig) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), out_dir))
         fit_s = time.perf_counter() - start
         metrics = collect_metrics(trainer, callbacks)
-        if cfg.get("final_validate", True) and trainer.limit_val_batches != 0:
+        # a validation at the last step already holds the final numbers (a large model's
+        # validation can take as long as minutes of training)
+        if cfg.get("final_validate", True) and trainer.limit_val_batches != 0 \
+                and module.validated_at_step != trainer.global_step:
             trainer.validate(module, datamodule=dm, verbose=False)
             metrics.update(collect_metrics(trainer, []))
         for cb in callbacks:  # scores of the final numbers (src/callbacks/quality.py)
