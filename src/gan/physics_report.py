@@ -50,7 +50,8 @@ def markdown(result: dict) -> str:
     out += _table(["channel", "Kolmogorov-Smirnov", "Wasserstein-1"],
                   [[str(c), _f(one["ks"][c]), _f(one["wasserstein"][c])]
                    for c in range(result["channels"])])
-    out += ["## Variance of log(1 + counts) vs sigma_8 (slope at fixed Omega_M, n_s)", ""]
+    out += ["## Variance of the density contrast in sigma8_cell cells vs sigma_8 (slope at fixed "
+            "Omega_M, n_s)", ""]
     out += _table(["channel", "slope sim", "slope gen", "relative error beyond n_sigma"],
                   [[str(c), f"{_f(s8['slope_sim'][c])} ± {_f(s8['se_sim'][c], 2)}",
                     f"{_f(s8['slope_gen'][c])} ± {_f(s8['se_gen'][c], 2)}",
