@@ -35,6 +35,7 @@ from src.gan.train_gan import check_train_data, positive_int, train_gan
 from src.sim.campaign import Method, run_campaign
 from src.sim.datadir import disk_full_means
 from src.sim.identity import campaign_digest, sample_parameters, validate_ranges
+from src.sim.mesh import cube_root
 from src.sim.nbody import SimSpec
 from src.sim.store import PARAM_NAMES, read_simulation, sim_filename, write_simulation
 
@@ -140,7 +141,7 @@ def check_physics(gen: LoadedGenerator, train_dir: Path, manifest: Mapping, spec
     seeds = [int(np.random.default_rng([int(gcfg["seed"]), 1, i]).integers(2**63 - 1))
              for i in range(len(params))]
     generated = gen.generate(params, seeds, int(gcfg["sample_batch"]))
-    box = spec.box_size / round(spec.n_sub ** (1 / 3))
+    box = spec.box_size / cube_root(spec.n_sub)
     result = validate(simulated, generated, params, dict(thresholds), box)
     paths = write_validation(out_dir, result)
     failed = [c["name"] for c in result["checks"] if not c["passed"]]

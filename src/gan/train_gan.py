@@ -22,6 +22,7 @@ from src.errors import DataError
 from src.gan.module import CosmoGAN
 from src.gan.nets import GanConfigError
 from src.sim.store import read_manifest
+from src.util import checks
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"
@@ -74,10 +75,8 @@ def describe(gcfg: Mapping, dm: CosmoDataModule) -> str:
 
 
 def positive_int(gcfg: Mapping, key: str) -> int:
-    value = gcfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise GanConfigError(f"gan.{key}={value!r} must be an integer >= 1")
-    return value
+    """`gan.<key>`: an integer >= 1 (the house check, naming the key)."""
+    return checks.integer(f"gan.{key}", gcfg.get(key), 1, GanConfigError)
 
 
 # what a resumed run must share with the checkpoint: the networks, the optimizers (whose
