@@ -195,9 +195,9 @@ class CosmoDataModule(L.LightningDataModule):
             first = len(files)
             files += extra_files
             labels.append(self._normalise_labels(raw))
-            for k, entry in enumerate(manifest["files"]):
-                n_sub = int(entry.get("n_sub", 1))
-                parts.append(np.array([(first + k, s) for s in range(n_sub)], dtype=np.int64))
+            n_subs = [int(e.get("n_sub", 1)) for e in manifest["files"]]
+            parts.append(sample_index(range(len(n_subs)), n_subs) + [first, 0])
+            for entry, n_sub in zip(manifest["files"], n_subs, strict=True):
                 method = str(entry.get("method", "simulation"))
                 self.data_sources[method] = self.data_sources.get(method, 0) + n_sub
         return files, np.concatenate(labels), np.concatenate(parts).reshape(-1, 2)
