@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from src.datamodules.split import split_simulations
-from src.quality.baselines import Ridge, errors, sample_features
+from src.quality.baselines import mean_errors, sample_features, stats_errors
 from src.sim.store import read_manifest, read_simulation
 
 
@@ -46,8 +46,8 @@ def quadratic(f: np.ndarray) -> np.ndarray:
 
 
 def fit(f_tr, y_tr, f_va, y_va, alpha: float) -> dict:
-    mse = errors(Ridge.fit(f_tr, y_tr, alpha).predict(f_va), y_va)["mse"]
-    ref = ((y_va - y_tr.mean(axis=0)) ** 2).mean(axis=0)
+    mse = stats_errors(f_tr, y_tr, f_va, y_va, alpha)["mse"]
+    ref = mean_errors(y_tr, y_va)["mse"]
     return {"val_mse": float(mse.mean()), "r2": [float(v) for v in 1 - mse / ref],
             "mean_mse": float(ref.mean())}
 
