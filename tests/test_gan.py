@@ -61,7 +61,8 @@ def sims(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gan_run(sims):
-    """A 3-step GAN (it cannot pass the physics checks, hence allow_invalid) and 3 files."""
+    """A 3-step GAN and 3 files (allow_invalid: whether 8 cubes of 16^3 after 3 steps pass
+    the physics checks is not what these tests are about)."""
     out = sims.parent / "gan_cubes"
     return out, generate.run(gan_cfg(sims, out, "gan.allow_invalid=true"))
 
@@ -70,10 +71,13 @@ def test_gan_writes_contract_files_that_say_where_they_came_from(sims, gan_run):
     out, result = gan_run
     ckpt = out / "gan" / "last.ckpt"
     assert result["method"] == "gan" and result["n_generated"] == 3 and result["trained"]
-    assert result["validation_passed"] is False and result["validation_failed"]
     assert all(Path(p).is_file() for p in result["validation_paths"])
-    assert json.loads((out / "gan" / "gan_validation.json").read_text())["checks"]
+    validation = json.loads((out / "gan" / "gan_validation.json").read_text())
+    assert result["validation_passed"] is validation["passed"]
+    assert result["validation_failed"] == [c["name"] for c in validation["checks"]
+                                           if not c["passed"]]
     manifest, sim_manifest = read_manifest(out), read_manifest(sims)
+    assert manifest["gan_validation_passed"] is validation["passed"]
     assert manifest["method"] == "gan" and manifest["checkpoint_sha256"] == file_checksum(ckpt)
     assert manifest["sample_shape"] == sim_manifest["sample_shape"] == [1, 16, 16, 16]
     for entry in manifest["files"]:
@@ -169,12 +173,18 @@ def test_failing_generator_is_refused_unless_allowed(sims, gan_run, tmp_path):
     out, _ = gan_run
     ckpt = out / "gan" / "last.ckpt"
     target = tmp_path / "refused"
+    # no sampling noise forgiven and no distance allowed: only the simulations themselves
+    # would pass, so this generator fails however well 3 steps trained it
+    strict = ["gan_validation.n_sigma=0", "gan_validation.one_point_max_ks=0"]
     with pytest.raises(GanValidationError, match="failed the physics validation") as err:
-        generate.run(gan_cfg(sims, target, f"gan.checkpoint={ckpt}"))
+        generate.run(gan_cfg(sims, target, f"gan.checkpoint={ckpt}", *strict))
     failed = [c["name"] for c in json.loads((target / "gan" / "gan_validation.json")
                                             .read_text())["checks"] if not c["passed"]]
     assert failed and all(name in str(err.value) for name in failed)
     assert not list(target.glob("sim_*.h5"))
+    allowed = generate.run(gan_cfg(sims, tmp_path / "allowed", f"gan.checkpoint={ckpt}",
+                                   *strict, "gan.allow_invalid=true"))
+    assert allowed["validation_passed"] is False and allowed["n_generated"] == 3
 
 
 @pytest.mark.parametrize("override, culprit", [
@@ -225,3 +235,21 @@ def test_cli_exits_2_naming_the_culprit(tmp_path):
     assert proc.returncode == 2
     assert "gan.train_data=/nonexistent/sims: no such directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_gan_curve_validates_along_training(sims, tmp_path):
+    out = tmp_path / "curve"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gan_curve", "--data", str(sims), "--steps", "2",
+         "--every", "1", "--n-validation", "8", "--out", str(out), "--set", "noise_dim=8",
+         "--set", "width=16", "--set", "min_width=4", "--set", "batch_size=8",
+         "--set", "accelerator=cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1", "2"]
+    for step in (1, 2):
+        result = json.loads((out / f"validation_{step}.json").read_text())
+        assert {c["name"] for c in result["checks"]} == {"pk_ratio", "one_point_ks",
+                                                         "sigma8_slope", "peak_counts"}

@@ -6,6 +6,12 @@ network and no double backward (R1 would about double the cost of a 3D step on C
 hinge loss stops pushing on samples already scored beyond the margin, which keeps the
 discriminator from overconfident gradients that collapse small GANs.
 
+The hinge loss alone lost at the tiny size on CPU: the discriminator won from the first
+epoch and the generator collapsed to empty cubes (docs/benchmarks.md "GAN"). The generator
+therefore also minimises two physics losses against the real cube at the same parameters
+(src/gan/losses.py, weights `pk_weight` and `one_point_weight`), and cubes are sampled from a
+moving average of its weights (`ema_decay`), as BigGAN and StyleGAN do.
+
 Manual optimization: one discriminator step, then one generator step, per batch, each with
 its own Adam (beta1 = 0 and beta2 = 0.9 as in SNGAN: momentum lags behind the opponent).
 The batches are log1p(counts) cubes and parameters normalised to [-1, 1], as CosmoDataModule
@@ -19,10 +25,13 @@ floor(expm1(output)): integer counts again, with the same distribution as the da
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import torch
 from torch import nn
 
+from src.gan.losses import one_point_loss, spectrum_loss
 from src.gan.nets import Discriminator, Generator
 
 
@@ -30,7 +39,9 @@ class CosmoGAN(L.LightningModule):
     def __init__(self, cube_size: int, channels: int, param_names: list, param_ranges: dict,
                  noise_dim: int = 64, width: int = 64, min_width: int = 8,
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple = (0.0, 0.9),
-                 dequantize: bool = True, train_data: str = "", description: str = "",
+                 dequantize: bool = True, pk_weight: float = 0.0, one_point_weight: float = 0.0,
+                 ema_decay: float = 0.0, periodic: bool = True,
+                 train_data: str = "", description: str = "",
                  val_fraction: float | None = None, split_seed: int | None = None):
         super().__init__()
         # all of these land in the checkpoint: sample.py rebuilds the generator from them;
@@ -38,8 +49,12 @@ class CosmoGAN(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         n_params = len(param_names)
-        self.generator = Generator(cube_size, channels, noise_dim, width, min_width, n_params)
-        self.discriminator = Discriminator(cube_size, channels, width, min_width, n_params)
+        self.generator = Generator(cube_size, channels, noise_dim, width, min_width, n_params,
+                                   periodic)
+        self.discriminator = Discriminator(cube_size, channels, width, min_width, n_params,
+                                           periodic)
+        # the generator sample.py uses: a moving average of the trained one's weights
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
 
     def forward(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return self.generator(z, params)
@@ -62,15 +77,32 @@ class CosmoGAN(L.LightningModule):
         self.manual_backward(loss_d)
         opt_d.step()
 
-        # generator: raise the score of its own cubes
-        loss_g = -self.discriminator(fake, y).mean()
+        # generator: raise the score of its own cubes, and match the statistics of the real
+        # cube made at the same parameters (src/gan/losses.py)
+        loss_adv = -self.discriminator(fake, y).mean()
+        loss_pk = spectrum_loss(fake, x)
+        loss_one = one_point_loss(fake, x)
+        loss_g = (loss_adv + self.hparams.pk_weight * loss_pk
+                  + self.hparams.one_point_weight * loss_one)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         opt_g.step()
+        self.update_ema()
 
-        self.log_dict({"gan/loss_d": loss_d.detach(), "gan/loss_g": loss_g.detach(),
+        self.log_dict({"gan/loss_d": loss_d.detach(), "gan/loss_g": loss_adv.detach(),
+                       "gan/loss_pk": loss_pk.detach(), "gan/loss_one_point": loss_one.detach(),
                        "gan/d_real": d_real.detach().mean(), "gan/d_fake": d_fake.detach().mean()},
                       prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """generator_ema <- d * generator_ema + (1 - d) * generator, d ramped up as
+        (1 + t) / (10 + t) towards ema_decay so that the first steps' weights fade out."""
+        t = self.global_step // 2  # generator steps (two optimizer steps per batch)
+        decay = min(float(self.hparams.ema_decay), (1.0 + t) / (10.0 + t))
+        for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters(),
+                             strict=True):
+            ema.lerp_(live, 1.0 - decay)
 
     def configure_optimizers(self):
         hp = self.hparams

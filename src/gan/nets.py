@@ -40,6 +40,15 @@ def stage_widths(width: int, min_width: int, stages: int) -> list[int]:
     return [max(int(width) >> i, int(min_width)) for i in range(stages + 1)]
 
 
+def generator_padding(periodic: bool) -> str:
+    """Padding of the generator's convs. A whole simulation box is periodic: circular. A
+    sub-volume cut from one is not (its faces are where the cut was): its P(k) has the
+    cut's edge power at the lowest k, which a periodic generator lacked (docs/benchmarks.md
+    "GAN"); replicate padding lets the generator's faces differ without the dark rim zero
+    padding would paint."""
+    return "circular" if periodic else "replicate"
+
+
 def _broadcast(params: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return params[:, :, None, None, None].expand(-1, -1, *like.shape[2:])
 
@@ -56,41 +65,67 @@ class PixelNorm(nn.Module):
 class GenBlock(nn.Module):
     """x2 nearest upsample + two 3^3 convs. Upsample+conv rather than transposed convs: no
     checkerboard pattern, which would show up as a spike in P(k) at the voxel scale. The
-    parameters join every block as constant channels, so each scale can follow them."""
+    parameters join every block as constant channels, so each scale can follow them.
 
-    def __init__(self, c_in: int, c_out: int, n_params: int):
+    Noise injection (StyleGAN): after each conv a fresh white-noise field, scaled per channel
+    by a learnt weight, is added. The noise vector alone fixes only the 4^3 stem, and
+    upsampling convs cannot make new randomness at the voxel scale, where a sparse cube's
+    structure (single particles, halo cores) lives."""
+
+    N_NOISE = 2  # noise fields per block, one per conv
+
+    def __init__(self, c_in: int, c_out: int, n_params: int, padding_mode: str = "circular"):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv3d(c_in + n_params, c_out, 3, padding=1, padding_mode="circular"),
-            nn.LeakyReLU(0.2), PixelNorm(),
-            nn.Conv3d(c_out, c_out, 3, padding=1, padding_mode="circular"),
-            nn.LeakyReLU(0.2), PixelNorm(),
-        )
+        self.conv1 = nn.Conv3d(c_in + n_params, c_out, 3, padding=1, padding_mode=padding_mode)
+        self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1, padding_mode=padding_mode)
+        self.noise_weight = nn.Parameter(torch.zeros(self.N_NOISE, 1, c_out, 1, 1, 1))
+        self.act, self.norm = nn.LeakyReLU(0.2), PixelNorm()
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, params: torch.Tensor, noise: list) -> torch.Tensor:
         x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-        return self.net(torch.cat([x, _broadcast(params, x)], dim=1))
+        x = self.conv1(torch.cat([x, _broadcast(params, x)], dim=1))
+        x = self.norm(self.act(x + self.noise_weight[0] * noise[0]))
+        x = self.conv2(x)
+        return self.norm(self.act(x + self.noise_weight[1] * noise[1]))
 
 
 class Generator(nn.Module):
     """(z [B, noise_dim], params [B, n_params] in [-1, 1]) -> log1p counts [B, C, S, S, S]."""
 
     def __init__(self, cube_size: int, channels: int = 1, noise_dim: int = 64, width: int = 64,
-                 min_width: int = 8, n_params: int = 3):
+                 min_width: int = 8, n_params: int = 3, periodic: bool = True):
         super().__init__()
+        pad = generator_padding(periodic)
         widths = stage_widths(width, min_width, n_stages(cube_size))
         self.cube_size, self.channels, self.noise_dim = int(cube_size), int(channels), int(noise_dim)
         self.n_params = int(n_params)
         self.stem = nn.Sequential(nn.Linear(noise_dim + n_params, widths[0] * BASE**3),
                                   nn.LeakyReLU(0.2))
-        self.blocks = nn.ModuleList(GenBlock(a, b, n_params) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        # circular padding everywhere: a simulation box is periodic
-        self.head = nn.Conv3d(widths[-1], channels, 3, padding=1, padding_mode="circular")
+        self.blocks = nn.ModuleList(GenBlock(a, b, n_params, pad) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.head = nn.Conv3d(widths[-1], channels, 3, padding=1, padding_mode=pad)
 
-    def forward(self, z: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def draw_noise(self, n: int, generator: torch.Generator | None = None,
+                   device=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(z [n, noise_dim], the blocks' noise fields [n, 1, s, s, s], coarse to fine): all
+        the randomness of n cubes, drawn in a fixed order so that one seeded `generator`
+        makes the same cubes every time (src/gan/sample.py)."""
+        z = torch.randn(n, self.noise_dim, generator=generator)
+        fields = [torch.randn(n, 1, s, s, s, generator=generator)
+                  for s in self.noise_sides() for _ in range(GenBlock.N_NOISE)]
+        if device is None:
+            return z, fields
+        return z.to(device), [f.to(device) for f in fields]
+
+    def noise_sides(self) -> list[int]:
+        return [BASE * 2 ** (i + 1) for i in range(len(self.blocks))]
+
+    def forward(self, z: torch.Tensor, params: torch.Tensor,
+                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if noise is None:  # training: fresh noise from the global RNG
+            noise = self.draw_noise(z.shape[0], device=z.device)[1]
         x = self.stem(torch.cat([z, params], dim=1)).view(z.shape[0], -1, BASE, BASE, BASE)
-        for block in self.blocks:
-            x = block(x, params)
+        for i, block in enumerate(self.blocks):
+            x = block(x, params, noise[GenBlock.N_NOISE * i:GenBlock.N_NOISE * (i + 1)])
         return nn.functional.softplus(self.head(x))  # log1p(counts) >= 0
 
 
@@ -98,14 +133,15 @@ class Discriminator(nn.Module):
     """(log1p cube [B, C, S, S, S], params [B, n_params]) -> score [B] (hinge: real > 0)."""
 
     def __init__(self, cube_size: int, channels: int = 1, width: int = 64, min_width: int = 8,
-                 n_params: int = 3):
+                 n_params: int = 3, periodic: bool = True):
         super().__init__()
+        pad = "circular" if periodic else "zeros"  # zeros: an edge is an edge, not a seam
         widths = stage_widths(width, min_width, n_stages(cube_size))[::-1]  # small -> wide
         layers = [spectral_norm(nn.Conv3d(channels, widths[0], 3, padding=1,
-                                          padding_mode="circular")), nn.LeakyReLU(0.2)]
+                                          padding_mode=pad)), nn.LeakyReLU(0.2)]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [spectral_norm(nn.Conv3d(a, b, 4, stride=2, padding=1,
-                                               padding_mode="circular")), nn.LeakyReLU(0.2)]
+                                               padding_mode=pad)), nn.LeakyReLU(0.2)]
         self.features = nn.Sequential(*layers)
         feat = widths[-1] * BASE**3
         self.linear = spectral_norm(nn.Linear(feat, 1))

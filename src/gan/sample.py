@@ -17,7 +17,8 @@ import torch
 from src.gan.nets import GanConfigError, Generator
 from src.sim.store import PARAM_NAMES, file_checksum
 
-PREFIX = "generator."  # the generator's weights in a CosmoGAN checkpoint
+PREFIX = "generator."  # the generator's weights in a CosmoGAN checkpoint ...
+EMA_PREFIX = "generator_ema."  # ... and their moving average, which is what cubes come from
 
 
 class GanCheckpointError(GanConfigError):
@@ -52,13 +53,17 @@ class LoadedGenerator:
         for params [N, 3] (physical units) and one seed per cube."""
         params = np.atleast_2d(np.asarray(params, dtype=np.float64))
         seeds = [int(s) for s in np.broadcast_to(np.asarray(seeds), (len(params),))]
-        z = torch.stack([torch.randn(self.net.noise_dim,
-                                     generator=torch.Generator().manual_seed(s % 2**63))
-                         for s in seeds])
+        # each cube's noise (vector and fields) from its own seeded RNG: a pure function of
+        # its seed, whatever the batch it is made in
+        draws = [self.net.draw_noise(1, torch.Generator().manual_seed(s % 2**63)) for s in seeds]
         y = torch.from_numpy(self.normalise(params).astype(np.float32))
         out = []
         for i in range(0, len(params), max(1, int(batch))):
-            logc = self.net(z[i:i + batch].to(self.device), y[i:i + batch].to(self.device))
+            part = draws[i:i + batch]
+            z = torch.cat([d[0] for d in part]).to(self.device)
+            fields = [torch.cat([d[1][j] for d in part]).to(self.device)
+                      for j in range(len(part[0][1]))]
+            logc = self.net(z, y[i:i + batch].to(self.device), fields)
             counts = torch.expm1(logc).float()
             if self.hparams.get("dequantize", False):  # it learnt log1p(n + u): n = floor
                 counts = torch.floor(counts)
@@ -100,8 +105,10 @@ def load_generator(path, cube_size: int | None = None, channels: int | None = No
                 f"{hp['cube_size']}^3), the target data has {what}={want} ({channels} x "
                 f"{cube_size}^3); train a GAN on data of that size")
     net = Generator(int(hp["cube_size"]), int(hp["channels"]), int(hp["noise_dim"]),
-                    int(hp["width"]), int(hp["min_width"]), len(hp["param_names"]))
-    weights = {k.removeprefix(PREFIX): v for k, v in state.items() if k.startswith(PREFIX)}
+                    int(hp["width"]), int(hp["min_width"]), len(hp["param_names"]),
+                    bool(hp.get("periodic", True)))  # older checkpoints: periodic
+    prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in state) else PREFIX
+    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     try:
         net.load_state_dict(weights)
     except RuntimeError as err:

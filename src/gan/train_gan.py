@@ -55,14 +55,37 @@ def gan_datamodule(gcfg: Mapping, data_dir: Path) -> CosmoDataModule:
         stage=None, verify="full", seed=int(gcfg["seed"]))
 
 
+def resolve_periodic(gcfg: Mapping, manifest: Mapping) -> bool:
+    """`gan.periodic`: true / false, or auto: periodic exactly when the training cubes are
+    whole simulation boxes (n_sub = 1), not sub-volumes cut from them (src/gan/nets.py)."""
+    value = gcfg.get("periodic", "auto")
+    if isinstance(value, bool):
+        return value
+    if value != "auto":
+        raise GanConfigError(f"gan.periodic={value!r} must be auto, true or false")
+    n_sub = {int(e.get("n_sub", 1)) for e in manifest.get("files", [])}
+    return n_sub == {1}
+
+
 def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
+    """The CosmoGAN of `gan.*` for dm's cubes; gan.periodic already resolved to a bool."""
+    if not isinstance(gcfg.get("periodic"), bool):
+        raise GanConfigError(f"gan.periodic={gcfg.get('periodic')!r}: resolve it with "
+                             "resolve_periodic before building the GAN")
     channels, size = dm.sample_shape[0], dm.sample_shape[1]
     return CosmoGAN(cube_size=size, channels=channels, param_names=list(dm.param_names),
                     param_ranges={k: list(v) for k, v in dm.param_ranges.items()},
                     noise_dim=int(gcfg["noise_dim"]), width=int(gcfg["width"]),
                     min_width=int(gcfg["min_width"]), lr_g=float(gcfg["lr_g"]),
                     lr_d=float(gcfg["lr_d"]), betas=[float(b) for b in gcfg["betas"]],
-                    dequantize=bool(gcfg["dequantize"]),
+                    dequantize=bool(gcfg["dequantize"]), periodic=bool(gcfg["periodic"]),
+                    pk_weight=checks.number("gan.pk_weight", gcfg.get("pk_weight"), 0.0,
+                                            error=GanConfigError),
+                    one_point_weight=checks.number("gan.one_point_weight",
+                                                   gcfg.get("one_point_weight"), 0.0,
+                                                   error=GanConfigError),
+                    ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
+                                            high_open=True, error=GanConfigError),
                     train_data=str(dm.data_dir), description=description,
                     val_fraction=float(gcfg["val_fraction"]), split_seed=int(gcfg["split_seed"]))
 
@@ -81,8 +104,9 @@ def positive_int(gcfg: Mapping, key: str) -> int:
 
 # what a resumed run must share with the checkpoint: the networks, the optimizers (whose
 # state, learning rates included, is restored from it) and the simulations it trains on
-RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "lr_g", "lr_d", "betas",
-               "train_data", "val_fraction", "split_seed")
+RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "periodic", "lr_g", "lr_d",
+               "betas", "pk_weight", "one_point_weight", "train_data", "val_fraction",
+               "split_seed")
 
 
 def _plain(key: str, value):
@@ -91,7 +115,7 @@ def _plain(key: str, value):
         return [float(v) for v in value]
     if key == "train_data":
         return str(value)
-    return bool(value) if key == "dequantize" else float(value)
+    return bool(value) if key in ("dequantize", "periodic") else float(value)
 
 
 def _resumable(ckpt: Path, gcfg: Mapping, data_dir: Path) -> dict:
@@ -124,7 +148,8 @@ def _finished(state: Mapping, epochs: int, max_steps: int) -> bool:
 
 def train_gan(gcfg: Mapping) -> Path:
     """Train (or finish training) the GAN of `gan.*`; returns out_dir/last.ckpt."""
-    data_dir, _ = check_train_data(gcfg)
+    data_dir, manifest = check_train_data(gcfg)
+    gcfg = {**gcfg, "periodic": resolve_periodic(gcfg, manifest)}
     for key in ("epochs", "batch_size", "noise_dim", "width", "min_width"):
         positive_int(gcfg, key)
     out_dir = Path(str(gcfg["out_dir"])).expanduser().absolute()
@@ -165,4 +190,4 @@ def train_gan(gcfg: Mapping) -> Path:
 
 
 __all__ = ["LAST", "RESUME_KEYS", "positive_int", "check_train_data", "gan_datamodule",
-           "build_gan", "describe", "train_gan"]
+           "resolve_periodic", "build_gan", "describe", "train_gan"]

@@ -1,0 +1,130 @@
+"""The GAN generator's training pieces: its physics losses, seeded noise, moving average and
+padding (src/gan/losses.py, nets.py, module.py, train_gan.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.gan.losses import one_point_loss, shell_power, spectrum_loss
+from src.gan.nets import Discriminator, GanConfigError, Generator
+from src.gan.train_gan import build_gan, resolve_periodic
+from src.sim.mesh import power_spectrum
+
+
+def counts(seed: int, size: int = 16, rate: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.poisson(torch.full((2, 1, size, size, size), rate), generator=g)
+
+
+def test_shell_power_is_the_simulations_power_spectrum_per_volume():
+    cube = counts(0)[0, 0]
+    box = 64.0
+    _, p, _ = power_spectrum(cube / cube.mean() - 1.0, box)
+    mine = shell_power(cube[None])[0].double() * box**3
+    assert torch.allclose(mine, p.to(mine.dtype), rtol=1e-4)
+
+
+def test_losses_vanish_for_a_symmetric_copy_and_not_for_another_cube():
+    real = torch.log1p(counts(1))
+    mirrored = torch.flip(real, dims=(2, 4)).permute(0, 1, 3, 2, 4)  # same |k| shells, same voxels
+    assert spectrum_loss(mirrored, real) < 1e-8
+    assert one_point_loss(mirrored, real) < 1e-12
+    denser = torch.log1p(counts(2, rate=3.0))
+    assert one_point_loss(denser, real) > 0.1
+    assert spectrum_loss(torch.log1p(counts(3)), real) > 1e-3
+
+
+@pytest.mark.parametrize("loss", [spectrum_loss, one_point_loss])
+def test_descending_a_loss_moves_a_cube_to_the_target_statistic(loss):
+    """A free, nearly flat cube pulled by one loss alone reaches its target's P(k) (or
+    one-point distribution): the gradient points the right way, which the generator needs."""
+    torch.manual_seed(0)
+    real = torch.log1p(counts(4, rate=0.5))
+    fake = torch.full_like(real, 0.5).add_(0.01 * torch.randn_like(real)).requires_grad_(True)
+    opt = torch.optim.Adam([fake], lr=0.02)
+    start = loss(fake, real).item()
+    for _ in range(200):
+        opt.zero_grad()
+        loss(fake, real).backward()
+        opt.step()
+    assert loss(fake, real).item() < 0.01 * start
+
+
+def test_a_seed_makes_the_same_cube_whatever_else_is_in_the_batch():
+    net = Generator(16, noise_dim=4, width=8, min_width=4).eval()
+    with torch.no_grad():
+        for block in net.blocks:  # noise weights start at 0: make the fields count
+            block.noise_weight.fill_(0.5)
+        y = torch.zeros(3, 3)
+
+        def make(seeds):
+            draws = [net.draw_noise(1, torch.Generator().manual_seed(s)) for s in seeds]
+            z = torch.cat([d[0] for d in draws])
+            fields = [torch.cat([d[1][j] for d in draws]) for j in range(len(draws[0][1]))]
+            return net(z, y[:len(seeds)], fields)
+
+        alone, batch = make([7]), make([5, 7, 9])
+        assert torch.allclose(alone[0], batch[1], atol=1e-6)
+        assert not torch.allclose(batch[0], batch[1])
+        z, fields = net.draw_noise(1, torch.Generator().manual_seed(7))
+        fields[-1] = -fields[-1]  # same noise vector, another voxel-scale field
+        assert not torch.allclose(net(z, y[:1], fields), alone)
+
+
+@pytest.mark.parametrize("key, value", [("pk_weight", -1.0), ("one_point_weight", "heavy")])
+def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
+    class Shapes:  # the data module's attributes build_gan reads
+        sample_shape, param_names = (1, 16, 16, 16), ["Omega_M", "sigma_8", "n_s"]
+        param_ranges = {"Omega_M": [0.25, 0.35], "sigma_8": [0.78, 0.95], "n_s": [0.9, 1.0]}
+        data_dir = "sims"
+
+    gcfg = {"noise_dim": 4, "width": 8, "min_width": 4, "lr_g": 1e-4, "lr_d": 1e-4,
+            "betas": [0.0, 0.9], "dequantize": True, "pk_weight": 1.0, "one_point_weight": 1.0,
+            "val_fraction": 0.25, "split_seed": 0, "periodic": True, key: value}
+    with pytest.raises(GanConfigError, match=f"gan.{key}"):
+        build_gan(gcfg, Shapes(), "test")
+
+
+def test_cubes_come_from_the_moving_average_of_the_generator(tmp_path):
+    from src.gan.module import CosmoGAN
+    from src.gan.sample import load_generator
+
+    ranges = {"Omega_M": [0.25, 0.35], "sigma_8": [0.78, 0.95], "n_s": [0.9, 1.0]}
+    module = CosmoGAN(cube_size=8, channels=1, param_names=list(ranges), param_ranges=ranges,
+                      noise_dim=4, width=8, min_width=4, ema_decay=0.5)
+    before = [p.clone() for p in module.generator_ema.parameters()]
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(1.0)
+    module.update_ema()  # step 0: decay min(0.5, 1/10) = 0.1
+    for old, ema, live in zip(before, module.generator_ema.parameters(),
+                              module.generator.parameters(), strict=True):
+        assert torch.allclose(ema, 0.1 * old + 0.9 * live)
+    ckpt = tmp_path / "gan.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+    loaded = load_generator(ckpt, 8, 1).net
+    for mine, ema in zip(loaded.parameters(), module.generator_ema.parameters(), strict=True):
+        assert torch.equal(mine, ema)
+
+
+@pytest.mark.parametrize("value, n_subs, periodic", [
+    ("auto", [1, 1], True), ("auto", [8, 8], False), ("auto", [1, 8], False),
+    (True, [8], True), (False, [1], False)])
+def test_whole_boxes_train_a_periodic_gan_sub_volumes_not(value, n_subs, periodic):
+    manifest = {"files": [{"n_sub": n} for n in n_subs]}
+    assert resolve_periodic({"periodic": value}, manifest) is periodic
+
+
+def test_padding_follows_periodicity():
+    for periodic, gen_pad, disc_pad in ((True, "circular", "circular"),
+                                        (False, "replicate", "zeros")):
+        gen = Generator(8, noise_dim=4, width=8, min_width=4, periodic=periodic)
+        disc = Discriminator(8, width=8, min_width=4, periodic=periodic)
+        assert {m.padding_mode for m in gen.modules() if isinstance(m, torch.nn.Conv3d)} == {gen_pad}
+        assert {m.padding_mode for m in disc.modules() if isinstance(m, torch.nn.Conv3d)} == {disc_pad}
+
+
+def test_a_bad_periodic_value_is_one_error_naming_it():
+    with pytest.raises(GanConfigError, match=r"gan.periodic='sometimes' must be auto, true or false"):
+        resolve_periodic({"periodic": "sometimes"}, {"files": [{"n_sub": 1}]})
