@@ -16,14 +16,18 @@ Both are differentiable in the generator's output and cost one FFT and one sort 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from src.sim.mesh import wavenumbers
 
 
-def _shells(size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=8)
+def _shells(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(shell index per rfft mode, rfft multiplicity per mode, modes per shell) for shells
-    of unit width in |k| / k_fundamental, 1 .. size/2 (the mean, shell 0, left out)."""
+    of unit width in |k| / k_fundamental, 1 .. size/2 (the mean, shell 0, left out). Cached:
+    the same for every batch, and asked for twice per generator step."""
     kx, ky, kz = wavenumbers(size, device, torch.float32, spacing=1.0)
     kmag = torch.sqrt(kx * kx + ky * ky + kz * kz) * size / (2 * torch.pi)
     shell = torch.round(kmag).long().reshape(-1)
