@@ -42,10 +42,10 @@ def stage_widths(width: int, min_width: int, stages: int) -> list[int]:
 
 def generator_padding(periodic: bool) -> str:
     """Padding of the generator's convs. A whole simulation box is periodic: circular. A
-    sub-volume cut from one is not (its faces are where the cut was): its P(k) has the
-    cut's edge power at the lowest k, which a periodic generator lacked (docs/benchmarks.md
-    "GAN"); replicate padding lets the generator's faces differ without the dark rim zero
-    padding would paint."""
+    sub-volume cut from one is not (its faces are where the cut was). A periodic generator
+    trained on sub-volumes stayed short of their power in the fundamental shell; replicate
+    padding raised it (docs/benchmarks.md "GAN") without the dark rim zero padding would
+    paint."""
     return "circular" if periodic else "replicate"
 
 
@@ -109,10 +109,13 @@ class Generator(nn.Module):
         """(z [n, noise_dim], the blocks' noise fields [n, 1, s, s, s], coarse to fine): all
         the randomness of n cubes, drawn in a fixed order so that one seeded `generator`
         makes the same cubes every time (src/gan/sample.py)."""
-        z = torch.randn(n, self.noise_dim, generator=generator)
-        fields = [torch.randn(n, 1, s, s, s, generator=generator)
+        # unseeded (training): drawn where the network runs, no copy per step; seeded: on the
+        # CPU, whose generator makes the same numbers on every machine
+        where = device if generator is None else None
+        z = torch.randn(n, self.noise_dim, generator=generator, device=where)
+        fields = [torch.randn(n, 1, s, s, s, generator=generator, device=where)
                   for s in self.noise_sides() for _ in range(GenBlock.N_NOISE)]
-        if device is None:
+        if device is None or where is not None:
             return z, fields
         return z.to(device), [f.to(device) for f in fields]
 
