@@ -72,7 +72,24 @@ def test_a_seed_makes_the_same_cube_whatever_else_is_in_the_batch():
         assert not torch.allclose(net(z, y[:1], fields), alone)
 
 
-@pytest.mark.parametrize("key, value", [("pk_weight", -1.0), ("one_point_weight", "heavy")])
+def test_counts_in_cells_see_the_arrangement_the_voxels_alone_do_not():
+    """Clustered and scattered cubes with the same voxel values: the single-voxel term cannot
+    tell them apart; the cells' term can, and vanishes for a symmetric copy."""
+    g = torch.Generator().manual_seed(5)
+    clustered = torch.zeros(1, 1, 8, 8, 8)
+    clustered[..., :4, :4, :4] = torch.poisson(torch.full((4, 4, 4), 4.0), generator=g)
+    order = torch.randperm(8**3, generator=g)
+    scattered = clustered.flatten()[order].view_as(clustered)
+    real, fake = torch.log1p(clustered), torch.log1p(scattered)
+    assert one_point_loss(fake, real, (1,)) < 1e-12
+    assert one_point_loss(fake, real, (1, 2, 4)) > 0.05
+    assert one_point_loss(torch.flip(real, dims=(2, 3)), real, (1, 2, 4)) < 1e-12
+
+
+@pytest.mark.parametrize("key, value", [("pk_weight", -1.0), ("one_point_weight", "heavy"),
+                                        ("one_point_cells", [1, 3]), ("one_point_cells", [0]),
+                                        ("one_point_cells", 2), ("one_point_cells", []),
+                                        ("lr_schedule", "linear")])
 def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
     class Shapes:  # the data module's attributes build_gan reads
         sample_shape, param_names = (1, 16, 16, 16), ["Omega_M", "sigma_8", "n_s"]
@@ -81,9 +98,38 @@ def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
 
     gcfg = {"noise_dim": 4, "width": 8, "min_width": 4, "lr_g": 1e-4, "lr_d": 1e-4,
             "betas": [0.0, 0.9], "dequantize": True, "pk_weight": 1.0, "one_point_weight": 1.0,
-            "val_fraction": 0.25, "split_seed": 0, "periodic": True, key: value}
+            "one_point_cells": [1], "val_fraction": 0.25, "split_seed": 0, "periodic": True,
+            key: value}
     with pytest.raises(GanConfigError, match=f"gan.{key}"):
         build_gan(gcfg, Shapes(), "test")
+
+
+@pytest.mark.parametrize("max_steps, max_epochs", [(20, -1), (-1, 2), (20, 50)])
+def test_the_cosine_schedule_runs_from_the_rates_to_zero_over_the_run(max_steps, max_epochs):
+    """Whichever of max_steps (optimizer steps: two per batch) and max_epochs ends the run,
+    the rates start at lr_g / lr_d, halve midway and reach 0 at the end; constant stays."""
+    from types import SimpleNamespace
+
+    from src.gan.module import CosmoGAN
+
+    ranges = {"Omega_M": [0.25, 0.35], "sigma_8": [0.78, 0.95], "n_s": [0.9, 1.0]}
+    module = CosmoGAN(cube_size=8, channels=1, param_names=list(ranges), param_ranges=ranges,
+                      noise_dim=4, width=8, min_width=4, lr_g=2e-4, lr_d=4e-4,
+                      lr_schedule="cosine")
+    opt_g, opt_d = module.configure_optimizers()
+    rates = []
+    for step in (0, 10, 20, 30):  # 20 optimizer steps in all, 5 batches per epoch
+        module._trainer = SimpleNamespace(max_steps=max_steps, max_epochs=max_epochs,
+                                          num_training_batches=5, global_step=step)
+        module.schedule_lr(opt_g, opt_d)
+        rates.append((opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]))
+    assert rates[0] == pytest.approx((2e-4, 4e-4))
+    assert rates[1] == pytest.approx((1e-4, 2e-4))
+    assert rates[2] == pytest.approx((0.0, 0.0), abs=1e-12)
+    assert rates[3] == pytest.approx((0.0, 0.0), abs=1e-12)
+    module.hparams.lr_schedule = "constant"
+    module.schedule_lr(opt_g, opt_d)
+    assert (opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]) == (2e-4, 4e-4)
 
 
 def test_cubes_come_from_the_moving_average_of_the_generator(tmp_path):

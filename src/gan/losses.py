@@ -8,9 +8,12 @@ matching the conditional distribution the validation checks.
 
 - spectrum_loss: squared log ratios of the shell-averaged power of the density contrast,
   per |k| shell up to Nyquist, cube to cube and batch mean to batch mean (P(k)).
-- one_point_loss: squared difference of the sorted voxel values of log1p(counts), per
-  cube: the 1-D Wasserstein-2 distance of the one-point distributions, which a
-  Kolmogorov-Smirnov distance cannot give a gradient for.
+- one_point_loss: squared difference of the sorted values of log1p(counts), per cube: the
+  1-D Wasserstein-2 distance of the one-point distributions, which a Kolmogorov-Smirnov
+  distance cannot give a gradient for; of single voxels and, optionally, of the mean counts
+  in cells of a few voxels (counts in cells), because the voxels' distribution says nothing
+  about how they are arranged (at the tiny size the cells did not mend the generator's
+  missing peaks: docs/benchmarks.md "GAN").
 Both are differentiable in the generator's output and cost one FFT and one sort per cube.
 """
 
@@ -75,12 +78,22 @@ def spectrum_loss(fake_log: torch.Tensor, real_log: torch.Tensor) -> torch.Tenso
     return per_cube + batch
 
 
-def one_point_loss(fake_log: torch.Tensor, real_log: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of each cube's sorted voxels (W2^2 of the one-point
-    distributions of log1p(counts)), cubes paired by parameters, per channel."""
-    fake = torch.sort(fake_log.flatten(2), dim=2).values
-    real = torch.sort(real_log.flatten(2), dim=2).values
-    return (fake - real).pow(2).mean()
+def one_point_loss(fake_log: torch.Tensor, real_log: torch.Tensor,
+                   cells: tuple[int, ...] = (1,)) -> torch.Tensor:
+    """Mean squared difference of each cube's sorted values (W2^2 of the one-point
+    distributions of log1p(counts)), cubes paired by parameters, per channel, averaged over
+    the cell sizes `cells` (in voxels; 1: single voxels; c > 1: log1p of the mean count in
+    each c^3 cell, so every scale is weighed in the same units)."""
+    terms = []
+    for cell in cells:
+        fake, real = fake_log, real_log
+        if cell > 1:
+            fake = torch.log1p(torch.nn.functional.avg_pool3d(torch.expm1(fake_log), cell))
+            real = torch.log1p(torch.nn.functional.avg_pool3d(torch.expm1(real_log), cell))
+        fake = torch.sort(fake.flatten(2), dim=2).values
+        real = torch.sort(real.flatten(2), dim=2).values
+        terms.append((fake - real).pow(2).mean())
+    return torch.stack(terms).mean()
 
 
 __all__ = ["shell_power", "spectrum_loss", "one_point_loss"]

@@ -26,6 +26,7 @@ floor(expm1(output)): integer counts again, with the same distribution as the da
 from __future__ import annotations
 
 import copy
+import math
 
 import lightning as L
 import torch
@@ -40,7 +41,8 @@ class CosmoGAN(L.LightningModule):
                  noise_dim: int = 64, width: int = 64, min_width: int = 8,
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple = (0.0, 0.9),
                  dequantize: bool = True, pk_weight: float = 0.0, one_point_weight: float = 0.0,
-                 ema_decay: float = 0.0, periodic: bool = True,
+                 one_point_cells: tuple = (1,), ema_decay: float = 0.0, periodic: bool = True,
+                 lr_schedule: str = "constant",
                  train_data: str = "", description: str = "",
                  val_fraction: float | None = None, split_seed: int | None = None):
         super().__init__()
@@ -67,6 +69,7 @@ class CosmoGAN(L.LightningModule):
         if self.hparams.dequantize:  # log1p(n) -> log1p(n + u)
             x = torch.log1p(torch.expm1(x) + torch.rand_like(x))
         opt_g, opt_d = self.optimizers()
+        self.schedule_lr(opt_g, opt_d)
         fake = self.generator(self.noise(x.shape[0]), y)
 
         # discriminator: real above +1, fake below -1 (hinge)
@@ -81,7 +84,7 @@ class CosmoGAN(L.LightningModule):
         # cube made at the same parameters (src/gan/losses.py)
         loss_adv = -self.discriminator(fake, y).mean()
         loss_pk = spectrum_loss(fake, x)
-        loss_one = one_point_loss(fake, x)
+        loss_one = one_point_loss(fake, x, tuple(self.hparams.one_point_cells))
         loss_g = (loss_adv + self.hparams.pk_weight * loss_pk
                   + self.hparams.one_point_weight * loss_one)
         opt_g.zero_grad(set_to_none=True)
@@ -93,6 +96,26 @@ class CosmoGAN(L.LightningModule):
                        "gan/loss_pk": loss_pk.detach(), "gan/loss_one_point": loss_one.detach(),
                        "gan/d_real": d_real.detach().mean(), "gan/d_fake": d_fake.detach().mean()},
                       prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+
+    def lr_factor(self) -> float:
+        """The learning rates' multiplier at this step: 1 (constant), or a cosine from 1 at
+        the first step to 0 at the run's last (gan.epochs or gan.max_steps, whichever ends
+        it first). A pure function of the step, so a resumed run continues the same curve."""
+        if self.hparams.lr_schedule == "constant":
+            return 1.0
+        trainer = self.trainer
+        ends = [trainer.max_steps] if trainer.max_steps > 0 else []
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            ends.append(2 * trainer.max_epochs * trainer.num_training_batches)
+        if not ends:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, self.global_step / min(ends))))
+
+    def schedule_lr(self, *optimizers) -> None:
+        factor = self.lr_factor()
+        for opt, base in zip(optimizers, (self.hparams.lr_g, self.hparams.lr_d), strict=True):
+            for group in opt.param_groups:
+                group["lr"] = float(base) * factor
 
     @torch.no_grad()
     def update_ema(self) -> None:

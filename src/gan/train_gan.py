@@ -84,10 +84,33 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                     one_point_weight=checks.number("gan.one_point_weight",
                                                    gcfg.get("one_point_weight"), 0.0,
                                                    error=GanConfigError),
+                    one_point_cells=cell_sizes(gcfg, size),
+                    lr_schedule=lr_schedule(gcfg),
                     ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
                                             high_open=True, error=GanConfigError),
                     train_data=str(dm.data_dir), description=description,
                     val_fraction=float(gcfg["val_fraction"]), split_seed=int(gcfg["split_seed"]))
+
+
+def lr_schedule(gcfg: Mapping) -> str:
+    value = gcfg.get("lr_schedule", "constant")
+    if value not in ("constant", "cosine"):
+        raise GanConfigError(f"gan.lr_schedule={value!r} must be constant or cosine")
+    return str(value)
+
+
+def cell_sizes(gcfg: Mapping, cube_size: int) -> list[int]:
+    """`gan.one_point_cells`: a non-empty list of cell sides (voxels) that divide the cube."""
+    value = gcfg.get("one_point_cells", [1])
+    if isinstance(value, (int, str)) or not value:
+        raise GanConfigError(f"gan.one_point_cells={value!r} must be a non-empty list of cell "
+                             "sides in voxels, e.g. [1, 2, 4]")
+    cells = [checks.integer("gan.one_point_cells", c, 1, GanConfigError) for c in value]
+    bad = [c for c in cells if cube_size % c]
+    if bad:
+        raise GanConfigError(f"gan.one_point_cells={cells}: {bad} do not divide the cube side "
+                             f"{cube_size}")
+    return cells
 
 
 def describe(gcfg: Mapping, dm: CosmoDataModule) -> str:
@@ -105,15 +128,17 @@ def positive_int(gcfg: Mapping, key: str) -> int:
 # what a resumed run must share with the checkpoint: the networks, the optimizers (whose
 # state, learning rates included, is restored from it) and the simulations it trains on
 RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "periodic", "lr_g", "lr_d",
-               "betas", "pk_weight", "one_point_weight", "train_data", "val_fraction",
-               "split_seed")
+               "lr_schedule", "betas", "pk_weight", "one_point_weight", "one_point_cells",
+               "train_data", "val_fraction", "split_seed")
 
 
 def _plain(key: str, value):
     """A RESUME_KEYS value in a form that compares equal across YAML, Hydra and torch.load."""
     if key == "betas":
         return [float(v) for v in value]
-    if key == "train_data":
+    if key == "one_point_cells":
+        return [int(v) for v in value]
+    if key in ("train_data", "lr_schedule"):
         return str(value)
     return bool(value) if key in ("dequantize", "periodic") else float(value)
 
