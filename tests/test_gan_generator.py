@@ -3,12 +3,15 @@ padding (src/gan/losses.py, nets.py, module.py, train_gan.py)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from src.gan.losses import one_point_loss, shell_power, spectrum_loss
-from src.gan.nets import Discriminator, GanConfigError, Generator
-from src.gan.train_gan import build_gan, resolve_periodic
+from src.gan.nets import Discriminator, GanConfigError, Generator, smoothed_contrast
+from src.gan.physics import _contrast, _smooth
+from src.gan.train_gan import _resumable, build_gan, resolve_periodic
 from src.sim.mesh import power_spectrum
 
 
@@ -89,7 +92,8 @@ def test_counts_in_cells_see_the_arrangement_the_voxels_alone_do_not():
 @pytest.mark.parametrize("key, value", [("pk_weight", -1.0), ("one_point_weight", "heavy"),
                                         ("one_point_cells", [1, 3]), ("one_point_cells", [0]),
                                         ("one_point_cells", 2), ("one_point_cells", []),
-                                        ("lr_schedule", "linear")])
+                                        ("lr_schedule", "linear"), ("d_smoothing", -1.0),
+                                        ("d_smoothing", "wide"), ("pk_pairing", "paired")])
 def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
     class Shapes:  # the data module's attributes build_gan reads
         sample_shape, param_names = (1, 16, 16, 16), ["Omega_M", "sigma_8", "n_s"]
@@ -102,6 +106,75 @@ def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
             key: value}
     with pytest.raises(GanConfigError, match=f"gan.{key}"):
         build_gan(gcfg, Shapes(), "test")
+
+
+def test_relative_pairing_leaves_the_power_level_to_the_batch_means():
+    """Every fake cube with half its twin's contrast (a quarter of its power in every shell):
+    absolute pairing counts the level twice (per cube and batch means), relative once; both
+    vanish for a symmetric copy, and an unknown pairing is refused."""
+    real_counts = counts(8, rate=2.0)
+    mean = real_counts.mean(dim=(2, 3, 4), keepdim=True)
+    half = torch.log1p(mean * (1.0 + 0.5 * (real_counts / mean - 1.0)))
+    real = torch.log1p(real_counts)
+    level = (2 * math.log(0.5)) ** 2
+    assert spectrum_loss(half, real, "absolute").item() == pytest.approx(2 * level, rel=1e-4)
+    assert spectrum_loss(half, real, "relative").item() == pytest.approx(level, rel=1e-4)
+    mirrored = torch.flip(real, dims=(2, 4)).permute(0, 1, 3, 2, 4)
+    assert spectrum_loss(mirrored, real, "relative") < 1e-8
+    with pytest.raises(ValueError, match="pairing"):
+        spectrum_loss(half, real, "median")
+
+
+def test_the_discriminators_smoothed_view_is_the_peak_checks_field():
+    """smoothed_contrast equals the validation's smoothing of the contrast (an independent
+    numpy FFT) in units of its own spread, is differentiable, and shows a clump of a few
+    particles high above the same particles scattered, where the raw voxels look alike."""
+    cube = counts(6, size=16, rate=1.0)
+    mine = smoothed_contrast(torch.log1p(cube), 1.0)[:, 0].double().numpy()
+    ref = _smooth(_contrast(cube[:, 0].double().numpy()), 1.0)
+    ref = ref / ref.std(axis=(1, 2, 3), keepdims=True)
+    assert abs(mine - ref).max() < 1e-4
+    assert abs(mine.std(axis=(1, 2, 3)) - 1).max() < 1e-4
+
+    clump = torch.zeros(1, 1, 16, 16, 16)
+    clump[..., 4:6, 4:6, 4:6] = 1.0  # 8 particles side by side
+    scattered = torch.zeros_like(clump)
+    scattered.view(-1)[torch.arange(8) * 509] = 1.0  # the same 8, far apart
+    x = torch.log1p(torch.cat([clump, scattered])).requires_grad_(True)
+    nu = smoothed_contrast(x, 1.0)
+    assert nu[0].max() > 1.5 * nu[1].max()  # in units of each cube's own spread
+    nu[0].max().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_a_smoothing_discriminator_reads_both_views():
+    torch.manual_seed(0)
+    plain, smoothing = Discriminator(16, 1, 8, 4), Discriminator(16, 1, 8, 4, smoothing=1.0)
+    assert plain.features[0].in_channels == 1 and smoothing.features[0].in_channels == 2
+    x, y = torch.log1p(counts(7)), torch.zeros(2, 3)
+    assert smoothing(x, y).shape == (2,)
+
+
+def test_resuming_with_a_mapping_that_omits_an_opt_in_key_takes_its_default(tmp_path):
+    """A hand-built gan.* mapping without the opt-in keys resumes a checkpoint trained at
+    their defaults, and is refused, naming the key, by one trained otherwise."""
+    from src.gan.module import CosmoGAN
+
+    ranges = {"Omega_M": [0.25, 0.35], "sigma_8": [0.78, 0.95], "n_s": [0.9, 1.0]}
+    gcfg = {"noise_dim": 4, "width": 8, "min_width": 4, "lr_g": 1e-4, "lr_d": 1e-4,
+            "betas": [0.0, 0.9], "dequantize": True, "pk_weight": 1.0, "one_point_weight": 1.0,
+            "val_fraction": 0.25, "split_seed": 0, "periodic": True}
+    for smoothing in (0.0, 2.0):
+        module = CosmoGAN(cube_size=8, channels=1, param_names=list(ranges),
+                          param_ranges=ranges, **{k: v for k, v in gcfg.items()},
+                          d_smoothing=smoothing, train_data=str(tmp_path))
+        ckpt = tmp_path / f"d{smoothing}.ckpt"
+        torch.save({"hyper_parameters": dict(module.hparams)}, ckpt)
+        if smoothing == 0.0:
+            assert _resumable(ckpt, gcfg, tmp_path)["hyper_parameters"]["d_smoothing"] == 0.0
+        else:
+            with pytest.raises(GanConfigError, match="gan.d_smoothing=0.0, but .* d_smoothing=2.0"):
+                _resumable(ckpt, gcfg, tmp_path)
 
 
 @pytest.mark.parametrize("max_steps, max_epochs", [(20, -1), (-1, 2), (20, 50)])

@@ -62,7 +62,8 @@ def _channel_power(cubes_log: torch.Tensor) -> torch.Tensor:
     return shell_power(torch.expm1(cubes_log).transpose(0, 1).flatten(0, 1)).view(c, b, -1)
 
 
-def spectrum_loss(fake_log: torch.Tensor, real_log: torch.Tensor) -> torch.Tensor:
+def spectrum_loss(fake_log: torch.Tensor, real_log: torch.Tensor,
+                  pairing: str = "absolute") -> torch.Tensor:
     """Squared log ratios of P(k) per |k| shell, averaged over shells and channels, of each
     generated cube to its real twin (made at the same parameters) plus of the batch means;
     inputs are log1p(counts) cubes [B, C, S, S, S].
@@ -71,9 +72,24 @@ def spectrum_loss(fake_log: torch.Tensor, real_log: torch.Tensor) -> torch.Tenso
     is heavy-tailed (a cube holding a cluster has many times the typical power), so the
     cube-by-cube ratio is matched by a generator whose mean P(k) lies below the simulations'
     (what the validation compares); the batch means alone lose the pairing and made too few
-    peaks."""
+    peaks.
+
+    `pairing`: absolute compares each cube's log P(k) with its twin's. That term is least at
+    the mean of log P, not at log of the mean P: in a shell of m independent modes of a
+    Gaussian field the two differ by log m - digamma(m), more in the few-mode shells at low k
+    and more again for the skewed P(k) of sub-volumes (docs/benchmarks.md "GAN"), and the
+    generator then lacks that power against the simulations' mean. relative compares each
+    cube's deviation from its batch's mean log P(k) with its twin's: the pairing still says
+    which cube has more power (the parameters' response), and the level is left to the batch
+    means' term, whose least value is at the mean P."""
     fake, real = _channel_power(fake_log), _channel_power(real_log)
-    per_cube = (torch.log(fake + 1e-12) - torch.log(real + 1e-12)).pow(2).mean()
+    log_fake, log_real = torch.log(fake + 1e-12), torch.log(real + 1e-12)
+    if pairing == "relative":
+        log_fake = log_fake - log_fake.mean(1, keepdim=True)
+        log_real = log_real - log_real.mean(1, keepdim=True)
+    elif pairing != "absolute":
+        raise ValueError(f"pairing={pairing!r} must be absolute or relative")
+    per_cube = (log_fake - log_real).pow(2).mean()
     batch = (torch.log(fake.mean(1) + 1e-12) - torch.log(real.mean(1) + 1e-12)).pow(2).mean()
     return per_cube + batch
 

@@ -42,7 +42,8 @@ class CosmoGAN(L.LightningModule):
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple = (0.0, 0.9),
                  dequantize: bool = True, pk_weight: float = 0.0, one_point_weight: float = 0.0,
                  one_point_cells: tuple = (1,), ema_decay: float = 0.0, periodic: bool = True,
-                 lr_schedule: str = "constant",
+                 lr_schedule: str = "constant", d_smoothing: float = 0.0,
+                 pk_pairing: str = "absolute",
                  train_data: str = "", description: str = "",
                  val_fraction: float | None = None, split_seed: int | None = None):
         super().__init__()
@@ -54,7 +55,7 @@ class CosmoGAN(L.LightningModule):
         self.generator = Generator(cube_size, channels, noise_dim, width, min_width, n_params,
                                    periodic)
         self.discriminator = Discriminator(cube_size, channels, width, min_width, n_params,
-                                           periodic)
+                                           periodic, d_smoothing)
         # the generator sample.py uses: a moving average of the trained one's weights
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
 
@@ -83,7 +84,7 @@ class CosmoGAN(L.LightningModule):
         # generator: raise the score of its own cubes, and match the statistics of the real
         # cube made at the same parameters (src/gan/losses.py)
         loss_adv = -self.discriminator(fake, y).mean()
-        loss_pk = spectrum_loss(fake, x)
+        loss_pk = spectrum_loss(fake, x, self.hparams.pk_pairing)
         loss_one = one_point_loss(fake, x, tuple(self.hparams.one_point_cells))
         loss_g = (loss_adv + self.hparams.pk_weight * loss_pk
                   + self.hparams.one_point_weight * loss_one)

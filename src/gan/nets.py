@@ -8,6 +8,8 @@ Discriminator: (cube in log1p units, parameters) -> one score per cube; a projec
 discriminator (Miyato & Koyama 2018): score = w . h + <embed(params), h>, which conditions
 more stably than feeding the parameters as input channels alone. Spectral norm on every
 layer bounds its Lipschitz constant, the usual companion of the hinge loss (src/gan/module.py).
+With `smoothing` > 0 it also sees each cube's Gaussian-smoothed density contrast in its own
+standard deviations (`smoothed_contrast`), the field the peak check counts maxima of.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from src.errors import ConfigError
+from src.sim.mesh import wavenumbers
 
 BASE = 4  # side of the generator's first volume and the discriminator's last
 
@@ -51,6 +54,27 @@ def generator_padding(periodic: bool) -> str:
 
 def _broadcast(params: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return params[:, :, None, None, None].expand(-1, -1, *like.shape[2:])
+
+
+def smoothed_contrast(cubes_log: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[B, C, S, S, S] log1p(counts) -> the density contrast counts / mean - 1 of each cube and
+    channel, Gaussian-smoothed (sigma in voxels, periodic, as src/gan/physics.py smooths) and
+    divided by its own standard deviation. Differentiable in the input.
+
+    Why the discriminator gets it: raw (dequantized) voxels hold about one particle plus
+    uniform noise of the same size, and a few 3^3 convs with a handful of channels did not
+    learn to tell a clump of a few particles from isolated ones there (the generator made
+    too few of the former and too many of the latter: docs/benchmarks.md "GAN"). Smoothed,
+    the noise is averaged out and the clumps are what is left."""
+    size = cubes_log.shape[-1]
+    counts = torch.expm1(cubes_log)
+    mean = counts.mean(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
+    kx, ky, kz = wavenumbers(size, cubes_log.device, cubes_log.dtype)
+    kernel = torch.exp(-0.5 * sigma**2 * (kx * kx + ky * ky + kz * kz))
+    field = torch.fft.irfftn(torch.fft.rfftn(counts / mean - 1.0, dim=(2, 3, 4)) * kernel,
+                             s=(size, size, size), dim=(2, 3, 4))
+    std = field.std(dim=(2, 3, 4), keepdim=True, correction=0)  # as numpy, as the check
+    return field / std.clamp_min(1e-6)
 
 
 class PixelNorm(nn.Module):
@@ -136,11 +160,13 @@ class Discriminator(nn.Module):
     """(log1p cube [B, C, S, S, S], params [B, n_params]) -> score [B] (hinge: real > 0)."""
 
     def __init__(self, cube_size: int, channels: int = 1, width: int = 64, min_width: int = 8,
-                 n_params: int = 3, periodic: bool = True):
+                 n_params: int = 3, periodic: bool = True, smoothing: float = 0.0):
         super().__init__()
+        self.smoothing = float(smoothing)
         pad = "circular" if periodic else "zeros"  # zeros: an edge is an edge, not a seam
         widths = stage_widths(width, min_width, n_stages(cube_size))[::-1]  # small -> wide
-        layers = [spectral_norm(nn.Conv3d(channels, widths[0], 3, padding=1,
+        c_in = 2 * channels if self.smoothing > 0 else channels
+        layers = [spectral_norm(nn.Conv3d(c_in, widths[0], 3, padding=1,
                                           padding_mode=pad)), nn.LeakyReLU(0.2)]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [spectral_norm(nn.Conv3d(a, b, 4, stride=2, padding=1,
@@ -151,8 +177,11 @@ class Discriminator(nn.Module):
         self.embed = spectral_norm(nn.Linear(n_params, feat, bias=False))  # the projection
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        if self.smoothing > 0:
+            x = torch.cat([x, smoothed_contrast(x, self.smoothing)], dim=1)
         h = self.features(x).flatten(1)
         return self.linear(h).squeeze(1) + (self.embed(params) * h).sum(dim=1)
 
 
-__all__ = ["GanConfigError", "Generator", "Discriminator", "n_stages", "stage_widths"]
+__all__ = ["GanConfigError", "Generator", "Discriminator", "n_stages", "stage_widths",
+           "smoothed_contrast"]

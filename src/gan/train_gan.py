@@ -85,18 +85,29 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                                                    gcfg.get("one_point_weight"), 0.0,
                                                    error=GanConfigError),
                     one_point_cells=cell_sizes(gcfg, size),
-                    lr_schedule=lr_schedule(gcfg),
+                    lr_schedule=lr_schedule(gcfg), pk_pairing=pk_pairing(gcfg),
+                    d_smoothing=checks.number("gan.d_smoothing", gcfg.get("d_smoothing", 0.0),
+                                              0.0, error=GanConfigError),
                     ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
                                             high_open=True, error=GanConfigError),
                     train_data=str(dm.data_dir), description=description,
                     val_fraction=float(gcfg["val_fraction"]), split_seed=int(gcfg["split_seed"]))
 
 
-def lr_schedule(gcfg: Mapping) -> str:
-    value = gcfg.get("lr_schedule", "constant")
-    if value not in ("constant", "cosine"):
-        raise GanConfigError(f"gan.lr_schedule={value!r} must be constant or cosine")
+def _choice(gcfg: Mapping, key: str, choices: tuple[str, ...]) -> str:
+    """`gan.<key>`: one of `choices` (the first when the mapping leaves it out)."""
+    value = gcfg.get(key, choices[0])
+    if value not in choices:
+        raise GanConfigError(f"gan.{key}={value!r} must be {' or '.join(choices)}")
     return str(value)
+
+
+def lr_schedule(gcfg: Mapping) -> str:
+    return _choice(gcfg, "lr_schedule", ("constant", "cosine"))
+
+
+def pk_pairing(gcfg: Mapping) -> str:
+    return _choice(gcfg, "pk_pairing", ("absolute", "relative"))
 
 
 def cell_sizes(gcfg: Mapping, cube_size: int) -> list[int]:
@@ -129,7 +140,10 @@ def positive_int(gcfg: Mapping, key: str) -> int:
 # state, learning rates included, is restored from it) and the simulations it trains on
 RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "periodic", "lr_g", "lr_d",
                "lr_schedule", "betas", "pk_weight", "one_point_weight", "one_point_cells",
-               "train_data", "val_fraction", "split_seed")
+               "d_smoothing", "pk_pairing", "train_data", "val_fraction", "split_seed")
+# the value build_gan takes for an opt-in key a hand-built gan.* mapping leaves out
+RESUME_DEFAULTS = {"lr_schedule": "constant", "one_point_cells": [1], "d_smoothing": 0.0,
+                   "pk_pairing": "absolute"}
 
 
 def _plain(key: str, value):
@@ -138,7 +152,7 @@ def _plain(key: str, value):
         return [float(v) for v in value]
     if key == "one_point_cells":
         return [int(v) for v in value]
-    if key in ("train_data", "lr_schedule"):
+    if key in ("train_data", "lr_schedule", "pk_pairing"):
         return str(value)
     return bool(value) if key in ("dequantize", "periodic") else float(value)
 
@@ -156,7 +170,7 @@ def _resumable(ckpt: Path, gcfg: Mapping, data_dir: Path) -> dict:
     for key in RESUME_KEYS:
         if key not in hp or hp[key] is None:  # not recorded (an older checkpoint)
             continue
-        have, new = hp[key], want[key]
+        have, new = hp[key], want.get(key, RESUME_DEFAULTS.get(key))
         if _plain(key, have) != _plain(key, new):
             raise GanConfigError(
                 f"gan.{key}={new!r}, but {ckpt} was trained with {key}={have!r}: set it back, "
