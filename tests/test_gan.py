@@ -199,7 +199,7 @@ def test_bad_train_data_is_one_clear_error(sims, tmp_path, override, culprit):
 @pytest.mark.parametrize("override, culprit", [
     ("gan.width=8", r"gan.width=8, but .*last.ckpt was trained with width=16"),
     ("gan.val_fraction=0.5", r"gan.val_fraction=0.5, but .*last.ckpt was trained with"),
-    ("gan.d_smoothing=1.0", r"gan.d_smoothing=1.0, but .*last.ckpt was trained with d_smoothing"),
+    ("gan.d_smoothing=0.0", r"gan.d_smoothing=0.0, but .*last.ckpt was trained with d_smoothing"),
     ("campaign.seed=0", r"campaign.seed=0 and campaign.param_ranges are gan.train_data"),
     ("gan.n_validation=4", r"gan.n_validation=4 must be >= 6"),
     ("gan_validation.pk_n_bins=0", r"gan_validation.pk_n_bins"),
