@@ -175,6 +175,15 @@ def test_resuming_with_a_mapping_that_omits_an_opt_in_key_takes_its_default(tmp_
         else:
             with pytest.raises(GanConfigError, match="gan.d_smoothing=0.0, but .* d_smoothing=2.0"):
                 _resumable(ckpt, gcfg, tmp_path)
+    # a checkpoint from before d_smoothing existed was trained without the smoothed view:
+    # resuming it with the view on is refused by name, not by a state-dict shape mismatch
+    hp = dict(module.hparams)
+    del hp["d_smoothing"]
+    older = tmp_path / "older.ckpt"
+    torch.save({"hyper_parameters": hp}, older)
+    assert _resumable(older, gcfg, tmp_path)["hyper_parameters"] == hp
+    with pytest.raises(GanConfigError, match="gan.d_smoothing=1.0, but .* d_smoothing=0.0"):
+        _resumable(older, {**gcfg, "d_smoothing": 1.0}, tmp_path)
 
 
 @pytest.mark.parametrize("max_steps, max_epochs", [(20, -1), (-1, 2), (20, 50)])

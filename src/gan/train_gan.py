@@ -86,7 +86,7 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                                                    error=GanConfigError),
                     one_point_cells=cell_sizes(gcfg, size),
                     lr_schedule=lr_schedule(gcfg), pk_pairing=pk_pairing(gcfg),
-                    d_smoothing=checks.number("gan.d_smoothing", gcfg.get("d_smoothing", 0.0),
+                    d_smoothing=checks.number("gan.d_smoothing", _opt_in(gcfg, "d_smoothing"),
                                               0.0, error=GanConfigError),
                     ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
                                             high_open=True, error=GanConfigError),
@@ -94,9 +94,19 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                     val_fraction=float(gcfg["val_fraction"]), split_seed=int(gcfg["split_seed"]))
 
 
+# The opt-in keys' values before each existed: what build_gan takes when a hand-built gan.*
+# mapping leaves one out, and what a checkpoint trained before it was added was trained with
+OPT_IN_DEFAULTS = {"lr_schedule": "constant", "one_point_cells": [1], "d_smoothing": 0.0,
+                   "pk_pairing": "absolute"}
+
+
+def _opt_in(mapping: Mapping, key: str):
+    return mapping.get(key, OPT_IN_DEFAULTS[key])
+
+
 def _choice(gcfg: Mapping, key: str, choices: tuple[str, ...]) -> str:
-    """`gan.<key>`: one of `choices` (the first when the mapping leaves it out)."""
-    value = gcfg.get(key, choices[0])
+    """`gan.<key>`: one of `choices`."""
+    value = _opt_in(gcfg, key)
     if value not in choices:
         raise GanConfigError(f"gan.{key}={value!r} must be {' or '.join(choices)}")
     return str(value)
@@ -112,7 +122,7 @@ def pk_pairing(gcfg: Mapping) -> str:
 
 def cell_sizes(gcfg: Mapping, cube_size: int) -> list[int]:
     """`gan.one_point_cells`: a non-empty list of cell sides (voxels) that divide the cube."""
-    value = gcfg.get("one_point_cells", [1])
+    value = _opt_in(gcfg, "one_point_cells")
     if isinstance(value, (int, str)) or not value:
         raise GanConfigError(f"gan.one_point_cells={value!r} must be a non-empty list of cell "
                              "sides in voxels, e.g. [1, 2, 4]")
@@ -141,9 +151,6 @@ def positive_int(gcfg: Mapping, key: str) -> int:
 RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "periodic", "lr_g", "lr_d",
                "lr_schedule", "betas", "pk_weight", "one_point_weight", "one_point_cells",
                "d_smoothing", "pk_pairing", "train_data", "val_fraction", "split_seed")
-# the value build_gan takes for an opt-in key a hand-built gan.* mapping leaves out
-RESUME_DEFAULTS = {"lr_schedule": "constant", "one_point_cells": [1], "d_smoothing": 0.0,
-                   "pk_pairing": "absolute"}
 
 
 def _plain(key: str, value):
@@ -168,9 +175,12 @@ def _resumable(ckpt: Path, gcfg: Mapping, data_dir: Path) -> dict:
                              f" {err}); delete it or set gan.resume=false") from err
     want = {**gcfg, "train_data": str(data_dir)}
     for key in RESUME_KEYS:
-        if key not in hp or hp[key] is None:  # not recorded (an older checkpoint)
+        if key in OPT_IN_DEFAULTS:  # added later: an older checkpoint trained without it
+            have, new = _opt_in(hp, key), _opt_in(want, key)
+        elif hp.get(key) is None:  # not recorded (an older checkpoint)
             continue
-        have, new = hp[key], want.get(key, RESUME_DEFAULTS.get(key))
+        else:
+            have, new = hp[key], want[key]
         if _plain(key, have) != _plain(key, new):
             raise GanConfigError(
                 f"gan.{key}={new!r}, but {ckpt} was trained with {key}={have!r}: set it back, "
