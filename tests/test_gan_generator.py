@@ -93,7 +93,9 @@ def test_counts_in_cells_see_the_arrangement_the_voxels_alone_do_not():
                                         ("one_point_cells", [1, 3]), ("one_point_cells", [0]),
                                         ("one_point_cells", 2), ("one_point_cells", []),
                                         ("lr_schedule", "linear"), ("d_smoothing", -1.0),
-                                        ("d_smoothing", "wide"), ("pk_pairing", "paired")])
+                                        ("d_smoothing", "wide"), ("pk_pairing", "paired"),
+                                        ("pixel_norm_from", -1), ("pixel_norm_from", 1.5),
+                                        ("pixel_norm_from", 3)])
 def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
     class Shapes:  # the data module's attributes build_gan reads
         sample_shape, param_names = (1, 16, 16, 16), ["Omega_M", "sigma_8", "n_s"]
@@ -234,6 +236,57 @@ def test_cubes_come_from_the_moving_average_of_the_generator(tmp_path):
     loaded = load_generator(ckpt, 8, 1).net
     for mine, ema in zip(loaded.parameters(), module.generator_ema.parameters(), strict=True):
         assert torch.equal(mine, ema)
+
+
+def _block_rms(pixel_norm_from: int) -> list[torch.Tensor]:
+    """Per-voxel RMS over channels of each generator block's output, coarse to fine."""
+    torch.manual_seed(0)
+    gen, rms = Generator(16, noise_dim=4, width=8, min_width=4, pixel_norm_from=pixel_norm_from), []
+    for block in gen.blocks:
+        block.register_forward_hook(lambda m, i, out: rms.append(out.pow(2).mean(dim=1).sqrt()))
+    with torch.no_grad():
+        for block in gen.blocks:  # the noise weights start at 0: give the noise a say
+            block.noise_weight.fill_(0.5)
+        gen(torch.randn(2, 4), torch.zeros(2, 3))
+    return rms
+
+
+def test_pixel_norm_from_leaves_the_coarser_blocks_unnormalised():
+    def unit(r):
+        return torch.allclose(r, torch.ones_like(r), atol=1e-3)
+
+    coarse, fine = _block_rms(1)
+    assert not unit(coarse) and coarse.std() > 0.05 and unit(fine)
+    assert all(unit(r) for r in _block_rms(0))
+    assert not any(unit(r) for r in _block_rms(2))
+
+
+def test_a_checkpoint_without_coarse_pixel_norm_is_rebuilt_so(tmp_path):
+    """The setting has no weights of its own, so loading could not catch a generator rebuilt
+    without it: the loaded net must make the trained net's cubes."""
+    from src.gan.module import CosmoGAN
+    from src.gan.sample import load_generator
+
+    torch.manual_seed(0)
+    ranges = {"Omega_M": [0.25, 0.35], "sigma_8": [0.78, 0.95], "n_s": [0.9, 1.0]}
+    module = CosmoGAN(cube_size=16, channels=1, param_names=list(ranges), param_ranges=ranges,
+                      noise_dim=4, width=8, min_width=4, pixel_norm_from=1,
+                      train_data=str(tmp_path))
+    ckpt = tmp_path / "gan.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+    loaded = load_generator(ckpt, 16, 1).net
+    assert isinstance(loaded.blocks[0].norm, torch.nn.Identity)
+    z, noise = loaded.draw_noise(2, torch.Generator().manual_seed(1))
+    y = torch.zeros(2, 3)
+    with torch.no_grad():
+        assert torch.equal(loaded(z, y, noise), module.generator_ema.eval()(z, y, noise))
+    # with a training's mapping that says otherwise, resuming it is refused by name
+    gcfg = {"noise_dim": 4, "width": 8, "min_width": 4, "lr_g": 2e-4, "lr_d": 2e-4,
+            "betas": [0.0, 0.9], "dequantize": True, "pk_weight": 0.0, "one_point_weight": 0.0,
+            "ema_decay": 0.0, "periodic": True, "val_fraction": None, "split_seed": None}
+    with pytest.raises(GanConfigError, match="gan.pixel_norm_from=0, but .* pixel_norm_from=1"):
+        _resumable(ckpt, gcfg, tmp_path)
+    assert _resumable(ckpt, {**gcfg, "pixel_norm_from": 1}, tmp_path)
 
 
 @pytest.mark.parametrize("value, n_subs, periodic", [

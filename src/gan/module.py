@@ -43,7 +43,7 @@ class CosmoGAN(L.LightningModule):
                  dequantize: bool = True, pk_weight: float = 0.0, one_point_weight: float = 0.0,
                  one_point_cells: tuple = (1,), ema_decay: float = 0.0, periodic: bool = True,
                  lr_schedule: str = "constant", d_smoothing: float = 0.0,
-                 pk_pairing: str = "absolute",
+                 pk_pairing: str = "absolute", pixel_norm_from: int = 0,
                  train_data: str = "", description: str = "",
                  val_fraction: float | None = None, split_seed: int | None = None):
         super().__init__()
@@ -53,7 +53,7 @@ class CosmoGAN(L.LightningModule):
         self.automatic_optimization = False
         n_params = len(param_names)
         self.generator = Generator(cube_size, channels, noise_dim, width, min_width, n_params,
-                                   periodic)
+                                   periodic, pixel_norm_from)
         self.discriminator = Discriminator(cube_size, channels, width, min_width, n_params,
                                            periodic, d_smoothing)
         # the generator sample.py uses: a moving average of the trained one's weights

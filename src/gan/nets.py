@@ -43,6 +43,16 @@ def stage_widths(width: int, min_width: int, stages: int) -> list[int]:
     return [max(int(width) >> i, int(min_width)) for i in range(stages + 1)]
 
 
+def check_pixel_norm_from(value: int, cube_size: int) -> int:
+    """`gan.pixel_norm_from`: a generator block of cube_size's (or their count, for none)."""
+    stages = n_stages(cube_size)
+    if not 0 <= value <= stages:
+        raise GanConfigError(f"gan.pixel_norm_from={value!r}: a cube side of {cube_size} has "
+                             f"generator blocks 0..{stages - 1}; give one of them, or {stages} "
+                             "for no PixelNorm")
+    return value
+
+
 def generator_padding(periodic: bool) -> str:
     """Padding of the generator's convs. A whole simulation box is periodic: circular. A
     sub-volume cut from one is not (its faces are where the cut was). A periodic generator
@@ -98,12 +108,14 @@ class GenBlock(nn.Module):
 
     N_NOISE = 2  # noise fields per block, one per conv
 
-    def __init__(self, c_in: int, c_out: int, n_params: int, padding_mode: str = "circular"):
+    def __init__(self, c_in: int, c_out: int, n_params: int, padding_mode: str = "circular",
+                 pixel_norm: bool = True):
         super().__init__()
         self.conv1 = nn.Conv3d(c_in + n_params, c_out, 3, padding=1, padding_mode=padding_mode)
         self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1, padding_mode=padding_mode)
         self.noise_weight = nn.Parameter(torch.zeros(self.N_NOISE, 1, c_out, 1, 1, 1))
-        self.act, self.norm = nn.LeakyReLU(0.2), PixelNorm()
+        self.act = nn.LeakyReLU(0.2)
+        self.norm = PixelNorm() if pixel_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, params: torch.Tensor, noise: list) -> torch.Tensor:
         x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
@@ -114,18 +126,28 @@ class GenBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """(z [B, noise_dim], params [B, n_params] in [-1, 1]) -> log1p counts [B, C, S, S, S]."""
+    """(z [B, noise_dim], params [B, n_params] in [-1, 1]) -> log1p counts [B, C, S, S, S].
+
+    `pixel_norm_from`: the first block (0 = the 8^3 one) whose features PixelNorm rescales.
+    Rescaling every voxel to unit RMS also fixes how strongly the coarsest features vary from
+    place to place, that is the power of the largest scales; a generator normalised from the
+    first block stayed short of the simulations' power in the fundamental shell, and none at
+    all let the large scales run away (docs/benchmarks.md "GAN")."""
 
     def __init__(self, cube_size: int, channels: int = 1, noise_dim: int = 64, width: int = 64,
-                 min_width: int = 8, n_params: int = 3, periodic: bool = True):
+                 min_width: int = 8, n_params: int = 3, periodic: bool = True,
+                 pixel_norm_from: int = 0):
         super().__init__()
         pad = generator_padding(periodic)
         widths = stage_widths(width, min_width, n_stages(cube_size))
+        check_pixel_norm_from(pixel_norm_from, cube_size)
         self.cube_size, self.channels, self.noise_dim = int(cube_size), int(channels), int(noise_dim)
         self.n_params = int(n_params)
         self.stem = nn.Sequential(nn.Linear(noise_dim + n_params, widths[0] * BASE**3),
                                   nn.LeakyReLU(0.2))
-        self.blocks = nn.ModuleList(GenBlock(a, b, n_params, pad) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.blocks = nn.ModuleList(GenBlock(a, b, n_params, pad, i >= pixel_norm_from)
+                                    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:],
+                                                                   strict=True)))
         self.head = nn.Conv3d(widths[-1], channels, 3, padding=1, padding_mode=pad)
 
     def draw_noise(self, n: int, generator: torch.Generator | None = None,

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from src.datamodules.cosmo import CosmoDataModule
 from src.errors import DataError
 from src.gan.module import CosmoGAN
-from src.gan.nets import GanConfigError
+from src.gan.nets import GanConfigError, check_pixel_norm_from
 from src.sim.store import read_manifest
 from src.util import checks
 
@@ -73,6 +73,7 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
         raise GanConfigError(f"gan.periodic={gcfg.get('periodic')!r}: resolve it with "
                              "resolve_periodic before building the GAN")
     channels, size = dm.sample_shape[0], dm.sample_shape[1]
+    norm_from = pixel_norm_from(gcfg, size)  # checked before the networks are built
     return CosmoGAN(cube_size=size, channels=channels, param_names=list(dm.param_names),
                     param_ranges={k: list(v) for k, v in dm.param_ranges.items()},
                     noise_dim=int(gcfg["noise_dim"]), width=int(gcfg["width"]),
@@ -88,6 +89,7 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                     lr_schedule=lr_schedule(gcfg), pk_pairing=pk_pairing(gcfg),
                     d_smoothing=checks.number("gan.d_smoothing", _opt_in(gcfg, "d_smoothing"),
                                               0.0, error=GanConfigError),
+                    pixel_norm_from=norm_from,
                     ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
                                             high_open=True, error=GanConfigError),
                     train_data=str(dm.data_dir), description=description,
@@ -97,7 +99,7 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
 # The opt-in keys' values before each existed: what build_gan takes when a hand-built gan.*
 # mapping leaves one out, and what a checkpoint trained before it was added was trained with
 OPT_IN_DEFAULTS = {"lr_schedule": "constant", "one_point_cells": [1], "d_smoothing": 0.0,
-                   "pk_pairing": "absolute"}
+                   "pk_pairing": "absolute", "pixel_norm_from": 0}
 
 
 def _opt_in(mapping: Mapping, key: str):
@@ -118,6 +120,12 @@ def lr_schedule(gcfg: Mapping) -> str:
 
 def pk_pairing(gcfg: Mapping) -> str:
     return _choice(gcfg, "pk_pairing", ("absolute", "relative"))
+
+
+def pixel_norm_from(gcfg: Mapping, cube_size: int) -> int:
+    value = checks.integer("gan.pixel_norm_from", _opt_in(gcfg, "pixel_norm_from"), 0,
+                           GanConfigError)
+    return check_pixel_norm_from(value, cube_size)
 
 
 def cell_sizes(gcfg: Mapping, cube_size: int) -> list[int]:
@@ -150,7 +158,8 @@ def positive_int(gcfg: Mapping, key: str) -> int:
 # state, learning rates included, is restored from it) and the simulations it trains on
 RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "periodic", "lr_g", "lr_d",
                "lr_schedule", "betas", "pk_weight", "one_point_weight", "one_point_cells",
-               "d_smoothing", "pk_pairing", "train_data", "val_fraction", "split_seed")
+               "d_smoothing", "pk_pairing", "pixel_norm_from", "train_data", "val_fraction",
+               "split_seed")
 
 
 def _plain(key: str, value):
