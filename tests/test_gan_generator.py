@@ -95,7 +95,7 @@ def test_counts_in_cells_see_the_arrangement_the_voxels_alone_do_not():
                                         ("lr_schedule", "linear"), ("d_smoothing", -1.0),
                                         ("d_smoothing", "wide"), ("pk_pairing", "paired"),
                                         ("pixel_norm_from", -1), ("pixel_norm_from", 1.5),
-                                        ("pixel_norm_from", 3)])
+                                        ("pixel_norm_from", 3), ("ema_ramp", 1.5)])
 def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
     class Shapes:  # the data module's attributes build_gan reads
         sample_shape, param_names = (1, 16, 16, 16), ["Omega_M", "sigma_8", "n_s"]
@@ -214,6 +214,37 @@ def test_the_cosine_schedule_runs_from_the_rates_to_zero_over_the_run(max_steps,
     module.hparams.lr_schedule = "constant"
     module.schedule_lr(opt_g, opt_d)
     assert (opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]) == (2e-4, 4e-4)
+
+
+def _average_after_four_steps(ramp: float) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """generator_ema's stem bias after live values 1, 2, 4, 8 at generator steps 0..3, its
+    value before them, and those values."""
+    from types import SimpleNamespace
+
+    from src.gan.module import CosmoGAN
+
+    ranges = {"Omega_M": [0.25, 0.35], "sigma_8": [0.78, 0.95], "n_s": [0.9, 1.0]}
+    module = CosmoGAN(cube_size=8, channels=1, param_names=list(ranges), param_ranges=ranges,
+                      noise_dim=4, width=8, min_width=4, ema_decay=0.9999, ema_ramp=ramp)
+    live, ema = module.generator.stem[0].bias, module.generator_ema.stem[0].bias
+    start, values = ema.clone(), [1.0, 2.0, 4.0, 8.0]
+    for t, v in enumerate(values):
+        module._trainer = SimpleNamespace(global_step=2 * t)  # two optimizer steps per batch
+        with torch.no_grad():
+            live.fill_(v)
+        module.update_ema()
+    return ema, start, values
+
+
+def test_a_ramp_of_two_averages_every_step_alike_a_larger_one_forgets():
+    ema, start, values = _average_after_four_steps(2.0)
+    assert torch.allclose(ema, (start + sum(values)) / 5)
+    ema, start, values = _average_after_four_steps(10.0)
+    decays = [(1 + t) / (10 + t) for t in range(4)]  # w_t = (1 - d_t) prod_{s > t} d_s
+    weights = [(1 - decays[t]) * math.prod(decays[t + 1:]) for t in range(4)]
+    assert weights[-1] > 2 * weights[0]
+    assert torch.allclose(ema, start * math.prod(decays)
+                          + sum(w * v for w, v in zip(weights, values, strict=True)))
 
 
 def test_cubes_come_from_the_moving_average_of_the_generator(tmp_path):

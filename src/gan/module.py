@@ -43,7 +43,7 @@ class CosmoGAN(L.LightningModule):
                  dequantize: bool = True, pk_weight: float = 0.0, one_point_weight: float = 0.0,
                  one_point_cells: tuple = (1,), ema_decay: float = 0.0, periodic: bool = True,
                  lr_schedule: str = "constant", d_smoothing: float = 0.0,
-                 pk_pairing: str = "absolute", pixel_norm_from: int = 0,
+                 pk_pairing: str = "absolute", pixel_norm_from: int = 0, ema_ramp: float = 10.0,
                  train_data: str = "", description: str = "",
                  val_fraction: float | None = None, split_seed: int | None = None):
         super().__init__()
@@ -121,9 +121,12 @@ class CosmoGAN(L.LightningModule):
     @torch.no_grad()
     def update_ema(self) -> None:
         """generator_ema <- d * generator_ema + (1 - d) * generator, d ramped up as
-        (1 + t) / (10 + t) towards ema_decay so that the first steps' weights fade out."""
+        (1 + t) / (r + t) (r = ema_ramp) towards ema_decay so that the first steps' weights fade
+        out. At step t the average spans about (r + t) / (r - 1) steps: r = 2 weighs every step
+        so far alike, a larger r forgets faster."""
         t = self.global_step // 2  # generator steps (two optimizer steps per batch)
-        decay = min(float(self.hparams.ema_decay), (1.0 + t) / (10.0 + t))
+        ramp = float(self.hparams.get("ema_ramp", 10.0))
+        decay = min(float(self.hparams.ema_decay), (1.0 + t) / (ramp + t))
         for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters(),
                              strict=True):
             ema.lerp_(live, 1.0 - decay)

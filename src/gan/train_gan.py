@@ -90,6 +90,8 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                     d_smoothing=checks.number("gan.d_smoothing", _opt_in(gcfg, "d_smoothing"),
                                               0.0, error=GanConfigError),
                     pixel_norm_from=norm_from,
+                    ema_ramp=checks.number("gan.ema_ramp", _opt_in(gcfg, "ema_ramp"), 2.0,
+                                           error=GanConfigError),
                     ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
                                             high_open=True, error=GanConfigError),
                     train_data=str(dm.data_dir), description=description,
@@ -99,7 +101,7 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
 # The opt-in keys' values before each existed: what build_gan takes when a hand-built gan.*
 # mapping leaves one out, and what a checkpoint trained before it was added was trained with
 OPT_IN_DEFAULTS = {"lr_schedule": "constant", "one_point_cells": [1], "d_smoothing": 0.0,
-                   "pk_pairing": "absolute", "pixel_norm_from": 0}
+                   "pk_pairing": "absolute", "pixel_norm_from": 0, "ema_ramp": 10.0}
 
 
 def _opt_in(mapping: Mapping, key: str):
