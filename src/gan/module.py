@@ -44,6 +44,7 @@ class CosmoGAN(L.LightningModule):
                  one_point_cells: tuple = (1,), ema_decay: float = 0.0, periodic: bool = True,
                  lr_schedule: str = "constant", d_smoothing: float = 0.0,
                  pk_pairing: str = "absolute", pixel_norm_from: int = 0, ema_ramp: float = 10.0,
+                 modulate: bool = False,
                  train_data: str = "", description: str = "",
                  val_fraction: float | None = None, split_seed: int | None = None):
         super().__init__()
@@ -53,7 +54,7 @@ class CosmoGAN(L.LightningModule):
         self.automatic_optimization = False
         n_params = len(param_names)
         self.generator = Generator(cube_size, channels, noise_dim, width, min_width, n_params,
-                                   periodic, pixel_norm_from)
+                                   periodic, pixel_norm_from, modulate)
         self.discriminator = Discriminator(cube_size, channels, width, min_width, n_params,
                                            periodic, d_smoothing)
         # the generator sample.py uses: a moving average of the trained one's weights

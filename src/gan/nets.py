@@ -109,20 +109,31 @@ class GenBlock(nn.Module):
     N_NOISE = 2  # noise fields per block, one per conv
 
     def __init__(self, c_in: int, c_out: int, n_params: int, padding_mode: str = "circular",
-                 pixel_norm: bool = True):
+                 pixel_norm: bool = True, modulate: bool = False):
         super().__init__()
         self.conv1 = nn.Conv3d(c_in + n_params, c_out, 3, padding=1, padding_mode=padding_mode)
         self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1, padding_mode=padding_mode)
         self.noise_weight = nn.Parameter(torch.zeros(self.N_NOISE, 1, c_out, 1, 1, 1))
         self.act = nn.LeakyReLU(0.2)
         self.norm = PixelNorm() if pixel_norm else nn.Identity()
+        # FiLM: the parameters scale each output channel by 1 + a(params). Joined as constant
+        # channels they can only shift features, and PixelNorm then rescales every voxel to
+        # unit RMS, so how strongly a cube fluctuates could not follow sigma_8 directly.
+        # Zero-initialised: the block starts as the unmodulated one.
+        self.modulation = nn.Linear(n_params, c_out) if modulate else None
+        if self.modulation is not None:
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x: torch.Tensor, params: torch.Tensor, noise: list) -> torch.Tensor:
         x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
         x = self.conv1(torch.cat([x, _broadcast(params, x)], dim=1))
         x = self.norm(self.act(x + self.noise_weight[0] * noise[0]))
         x = self.conv2(x)
-        return self.norm(self.act(x + self.noise_weight[1] * noise[1]))
+        x = self.norm(self.act(x + self.noise_weight[1] * noise[1]))
+        if self.modulation is None:
+            return x
+        return x * (1.0 + self.modulation(params))[:, :, None, None, None]
 
 
 class Generator(nn.Module):
@@ -132,11 +143,12 @@ class Generator(nn.Module):
     Rescaling every voxel to unit RMS also fixes how strongly the coarsest features vary from
     place to place, that is the power of the largest scales; a generator normalised from the
     first block stayed short of the simulations' power in the fundamental shell, and none at
-    all let the large scales run away (docs/benchmarks.md "GAN")."""
+    all let the large scales run away (docs/benchmarks.md "GAN"). `modulate`: the parameters
+    also scale every block's output channels (GenBlock)."""
 
     def __init__(self, cube_size: int, channels: int = 1, noise_dim: int = 64, width: int = 64,
                  min_width: int = 8, n_params: int = 3, periodic: bool = True,
-                 pixel_norm_from: int = 0):
+                 pixel_norm_from: int = 0, modulate: bool = False):
         super().__init__()
         pad = generator_padding(periodic)
         widths = stage_widths(width, min_width, n_stages(cube_size))
@@ -145,7 +157,7 @@ class Generator(nn.Module):
         self.n_params = int(n_params)
         self.stem = nn.Sequential(nn.Linear(noise_dim + n_params, widths[0] * BASE**3),
                                   nn.LeakyReLU(0.2))
-        self.blocks = nn.ModuleList(GenBlock(a, b, n_params, pad, i >= pixel_norm_from)
+        self.blocks = nn.ModuleList(GenBlock(a, b, n_params, pad, i >= pixel_norm_from, modulate)
                                     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:],
                                                                    strict=True)))
         self.head = nn.Conv3d(widths[-1], channels, 3, padding=1, padding_mode=pad)

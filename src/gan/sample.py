@@ -107,7 +107,8 @@ def load_generator(path, cube_size: int | None = None, channels: int | None = No
     net = Generator(int(hp["cube_size"]), int(hp["channels"]), int(hp["noise_dim"]),
                     int(hp["width"]), int(hp["min_width"]), len(hp["param_names"]),
                     bool(hp.get("periodic", True)),  # older checkpoints: periodic ...
-                    int(hp.get("pixel_norm_from", 0)))  # ... and normalised from block 0
+                    int(hp.get("pixel_norm_from", 0)),  # ... normalised from block 0 ...
+                    bool(hp.get("modulate", False)))  # ... and unmodulated
     prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in state) else PREFIX
     weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     try:

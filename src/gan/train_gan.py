@@ -89,7 +89,7 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                     lr_schedule=lr_schedule(gcfg), pk_pairing=pk_pairing(gcfg),
                     d_smoothing=checks.number("gan.d_smoothing", _opt_in(gcfg, "d_smoothing"),
                                               0.0, error=GanConfigError),
-                    pixel_norm_from=norm_from,
+                    pixel_norm_from=norm_from, modulate=flag(gcfg, "modulate"),
                     ema_ramp=checks.number("gan.ema_ramp", _opt_in(gcfg, "ema_ramp"), 2.0,
                                            error=GanConfigError),
                     ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
@@ -101,7 +101,7 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
 # The opt-in keys' values before each existed: what build_gan takes when a hand-built gan.*
 # mapping leaves one out, and what a checkpoint trained before it was added was trained with
 OPT_IN_DEFAULTS = {"lr_schedule": "constant", "one_point_cells": [1], "d_smoothing": 0.0,
-                   "pk_pairing": "absolute", "pixel_norm_from": 0, "ema_ramp": 10.0}
+                   "pk_pairing": "absolute", "pixel_norm_from": 0, "ema_ramp": 10.0, "modulate": False}
 
 
 def _opt_in(mapping: Mapping, key: str):
@@ -122,6 +122,14 @@ def lr_schedule(gcfg: Mapping) -> str:
 
 def pk_pairing(gcfg: Mapping) -> str:
     return _choice(gcfg, "pk_pairing", ("absolute", "relative"))
+
+
+def flag(gcfg: Mapping, key: str) -> bool:
+    """`gan.<key>`: true or false."""
+    value = _opt_in(gcfg, key)
+    if not isinstance(value, bool):
+        raise GanConfigError(f"gan.{key}={value!r} must be true or false")
+    return value
 
 
 def pixel_norm_from(gcfg: Mapping, cube_size: int) -> int:
@@ -160,8 +168,8 @@ def positive_int(gcfg: Mapping, key: str) -> int:
 # state, learning rates included, is restored from it) and the simulations it trains on
 RESUME_KEYS = ("noise_dim", "width", "min_width", "dequantize", "periodic", "lr_g", "lr_d",
                "lr_schedule", "betas", "pk_weight", "one_point_weight", "one_point_cells",
-               "d_smoothing", "pk_pairing", "pixel_norm_from", "train_data", "val_fraction",
-               "split_seed")
+               "d_smoothing", "pk_pairing", "pixel_norm_from", "modulate", "train_data",
+               "val_fraction", "split_seed")
 
 
 def _plain(key: str, value):
