@@ -126,7 +126,7 @@ class CosmoGAN(L.LightningModule):
         out. At step t the average spans about (r + t) / (r - 1) steps: r = 2 weighs every step
         so far alike, a larger r forgets faster."""
         t = self.global_step // 2  # generator steps (two optimizer steps per batch)
-        ramp = float(self.hparams.get("ema_ramp", 10.0))
+        ramp = float(self.hparams.ema_ramp)
         decay = min(float(self.hparams.ema_decay), (1.0 + t) / (ramp + t))
         for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters(),
                              strict=True):

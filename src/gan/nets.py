@@ -25,6 +25,10 @@ from src.sim.mesh import wavenumbers
 
 BASE = 4  # side of the generator's first volume and the discriminator's last
 
+# The generator's later keys' values before each existed: what a checkpoint trained before
+# the key was added was built with (src/gan/sample.py, src/gan/train_gan.py)
+GENERATOR_KEYS_BEFORE = {"periodic": True, "pixel_norm_from": 0, "modulate": False}
+
 
 class GanConfigError(ConfigError):
     """A `gan.*` value or a generator checkpoint that cannot be used as configured."""

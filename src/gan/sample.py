@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.gan.nets import GanConfigError, Generator
+from src.gan.nets import GENERATOR_KEYS_BEFORE, GanConfigError, Generator
 from src.sim.store import PARAM_NAMES, file_checksum
 
 PREFIX = "generator."  # the generator's weights in a CosmoGAN checkpoint ...
@@ -104,11 +104,11 @@ def load_generator(path, cube_size: int | None = None, channels: int | None = No
                 f"gan.checkpoint={path}: makes cubes of {what}={hp[what]} ({hp['channels']} x "
                 f"{hp['cube_size']}^3), the target data has {what}={want} ({channels} x "
                 f"{cube_size}^3); train a GAN on data of that size")
+    built = {**GENERATOR_KEYS_BEFORE, **{k: hp[k] for k in GENERATOR_KEYS_BEFORE if k in hp}}
     net = Generator(int(hp["cube_size"]), int(hp["channels"]), int(hp["noise_dim"]),
                     int(hp["width"]), int(hp["min_width"]), len(hp["param_names"]),
-                    bool(hp.get("periodic", True)),  # older checkpoints: periodic ...
-                    int(hp.get("pixel_norm_from", 0)),  # ... normalised from block 0 ...
-                    bool(hp.get("modulate", False)))  # ... and unmodulated
+                    bool(built["periodic"]), int(built["pixel_norm_from"]),
+                    bool(built["modulate"]))
     prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in state) else PREFIX
     weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     try:

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from src.datamodules.cosmo import CosmoDataModule
 from src.errors import DataError
 from src.gan.module import CosmoGAN
-from src.gan.nets import GanConfigError, check_pixel_norm_from
+from src.gan.nets import GENERATOR_KEYS_BEFORE, GanConfigError, check_pixel_norm_from
 from src.sim.store import read_manifest
 from src.util import checks
 
@@ -89,7 +89,9 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
                     lr_schedule=lr_schedule(gcfg), pk_pairing=pk_pairing(gcfg),
                     d_smoothing=checks.number("gan.d_smoothing", _opt_in(gcfg, "d_smoothing"),
                                               0.0, error=GanConfigError),
-                    pixel_norm_from=norm_from, modulate=flag(gcfg, "modulate"),
+                    pixel_norm_from=norm_from,
+                    modulate=checks.boolean("gan.modulate", _opt_in(gcfg, "modulate"),
+                                            GanConfigError),
                     ema_ramp=checks.number("gan.ema_ramp", _opt_in(gcfg, "ema_ramp"), 2.0,
                                            error=GanConfigError),
                     ema_decay=checks.number("gan.ema_decay", gcfg.get("ema_decay"), 0.0, 1.0,
@@ -101,7 +103,9 @@ def build_gan(gcfg: Mapping, dm: CosmoDataModule, description: str) -> CosmoGAN:
 # The opt-in keys' values before each existed: what build_gan takes when a hand-built gan.*
 # mapping leaves one out, and what a checkpoint trained before it was added was trained with
 OPT_IN_DEFAULTS = {"lr_schedule": "constant", "one_point_cells": [1], "d_smoothing": 0.0,
-                   "pk_pairing": "absolute", "pixel_norm_from": 0, "ema_ramp": 10.0, "modulate": False}
+                   "pk_pairing": "absolute", "ema_ramp": 10.0,
+                   "pixel_norm_from": GENERATOR_KEYS_BEFORE["pixel_norm_from"],
+                   "modulate": GENERATOR_KEYS_BEFORE["modulate"]}
 
 
 def _opt_in(mapping: Mapping, key: str):
@@ -122,14 +126,6 @@ def lr_schedule(gcfg: Mapping) -> str:
 
 def pk_pairing(gcfg: Mapping) -> str:
     return _choice(gcfg, "pk_pairing", ("absolute", "relative"))
-
-
-def flag(gcfg: Mapping, key: str) -> bool:
-    """`gan.<key>`: true or false."""
-    value = _opt_in(gcfg, key)
-    if not isinstance(value, bool):
-        raise GanConfigError(f"gan.{key}={value!r} must be true or false")
-    return value
 
 
 def pixel_norm_from(gcfg: Mapping, cube_size: int) -> int:

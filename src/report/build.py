@@ -15,6 +15,7 @@ from src.report.flags import TOLERANCES, flag_rows
 from src.report.loss_figure import X_AXES
 from src.report.page import render
 from src.report.repeats import fold_repeats
+from src.util import checks
 
 
 def sweep_dirs(value) -> list[Path]:
@@ -41,9 +42,7 @@ def check_settings(rcfg: dict) -> None:
     x_axis = rcfg.get("loss_curves_x", "step")
     if x_axis not in X_AXES:
         raise ReportError(f"report.loss_curves_x={x_axis!r} must be one of {sorted(X_AXES)}")
-    if not isinstance(rcfg.get("include_flagged", False), bool):
-        raise ReportError(f"report.include_flagged={rcfg['include_flagged']!r} must be true "
-                          "or false")
+    checks.boolean("report.include_flagged", rcfg.get("include_flagged", False), ReportError)
 
 
 def build_report(sweeps: list[Path], rcfg: dict) -> dict:

@@ -35,3 +35,10 @@ def number(key: str, value, low: float | None = None, high: float | None = None,
         bounds = f"[{low}, {high}{')' if high_open else ']'}"
         raise error(f"{key}={value!r} must be a finite number in {bounds}")
     return x
+
+
+def boolean(key: str, value, error: type[ConfigError] = ConfigError) -> bool:
+    """true or false, not a string or number that merely looks like one."""
+    if not isinstance(value, bool):
+        raise error(f"{key}={value!r} must be true or false")
+    return value
