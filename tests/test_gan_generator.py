@@ -95,7 +95,8 @@ def test_counts_in_cells_see_the_arrangement_the_voxels_alone_do_not():
                                         ("lr_schedule", "linear"), ("d_smoothing", -1.0),
                                         ("d_smoothing", "wide"), ("pk_pairing", "paired"),
                                         ("pixel_norm_from", -1), ("pixel_norm_from", 1.5),
-                                        ("pixel_norm_from", 3), ("ema_ramp", 1.5)])
+                                        ("pixel_norm_from", 3), ("ema_ramp", 1.5),
+                                        ("modulate", "yes")])
 def test_a_bad_loss_weight_is_one_error_naming_it(key, value):
     class Shapes:  # the data module's attributes build_gan reads
         sample_shape, param_names = (1, 16, 16, 16), ["Omega_M", "sigma_8", "n_s"]
