@@ -5,7 +5,8 @@ trained on simulations only vs simulations + GAN cubes (the same simulations), i
     python -m benchmarks.gan_bench --sims 8 --gan-files 8 --gan-epochs 1 --epochs 1 \\
         --sim-override sim.n_particles=16 --sim-override sim.grid=32 \\
         --sim-override sim.mesh_factor=1 --sim-override sim.box_size=64 \\
-        --sim-override sim.n_steps=2 --out /tmp/gan_toy               # toy size: minutes
+        --sim-override sim.n_steps=2 --gan-override gan.n_validation=16 \\
+        --gan-override gan.n_select=16 --out /tmp/gan_toy              # toy size: minutes
 
 Steps, each a command printed before it runs (resumable but for the timing simulations):
 1. `generate.py` of --sims simulations into <--out>/sims (or --data DIR, used as it is);
@@ -13,7 +14,10 @@ Steps, each a command printed before it runs (resumable but for the timing simul
    the simulation; cubes/s = sub-volumes / the workers' simulate_s;
 3. `generate.py method=gan` on the simulations (trains, validates, --gan-files files; written
    even when the validation fails, so the comparison can be made: the table says whether it
-   passed), timed the same way from the files' generate_s;
+   passed), timed the same way from the files' generate_s. When the GAN selected its
+   checkpoint by its checks (gan.select_every > 0), the selection's scores are printed and the
+   last weights are validated too, on the same validation cubes and noise, so what the
+   selection changed is seen in the same run;
 4. `train.py experiment=convergence quality.early_stop=false` on the simulations alone and with
    `data.extra_train_dirs=[<gan dir>]`; printed: val MSE against the summary-statistics and
    training-mean baselines of the simulations-only run (the same validation simulations).
@@ -27,6 +31,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from src.gan.campaign import check_physics
+from src.gan.sample import load_generator, resolve_device
+from src.gan.selection import RECORD
+from src.gan.train_gan import LAST
+from src.sim.nbody import SimSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +68,36 @@ def train(out: Path, name: str, data: Path, extra: list[str], args) -> dict:
           f"trainer.max_epochs={args.epochs}", "logger=csv", f"hydra.run.dir={job}",
           *extra, *args.override], args.timeout)
     return json.loads((job / "metrics.json").read_text())
+
+
+def validate_last(gan_out: Path, sims: Path, gan_overrides: list[str]) -> dict | None:
+    """Print the checkpoint selection's record, then validate last.ckpt as generate.py
+    validated the selected state (same cubes, noise and thresholds) into gan_out/last_weights;
+    None when the GAN sampled from its last weights anyway."""
+    record = gan_out / RECORD
+    if not record.is_file():
+        return None
+    rec = json.loads(record.read_text())
+    print(f"checkpoint selection on {rec['n_select']} training sub-volumes apart from the "
+          f"validation's: step {rec['selected_step']} (score {rec['selected_score']:.3f}; <= 1: "
+          "all four checks pass)")
+    for h in rec["history"]:
+        print(f"  step {h['step']}: score {h['score']:.3f} "
+              + " ".join(f"{k} {v:.3f}" for k, v in h["values"].items()))
+    gcfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/gan/default.yaml"))
+    for item in gan_overrides:
+        key, value = item.removeprefix("gan.").split("=", 1)
+        gcfg[key] = yaml.safe_load(value)
+    gcfg["allow_invalid"] = True
+    thresholds = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/gan_validation/default.yaml"))
+    manifest = _manifest(sims)
+    gen = load_generator(gan_out / LAST, device=resolve_device(str(gcfg["device"])))
+    result = check_physics(gen, sims, manifest, SimSpec.from_config(dict(manifest["sim"])), gcfg,
+                           thresholds, gan_out / "last_weights")["result"]
+    print(f"the last weights (step {rec['history'][-1]['step']}) on the validation cubes: "
+          + ("passed" if result["passed"] else "FAILED") + "; "
+          + ", ".join(f"{c['name']} {c['value']:.3f}" for c in result["checks"]))
+    return result
 
 
 def _fmt(x) -> str:
@@ -103,6 +146,7 @@ def main() -> None:
     validation = json.loads((gan_dir / "gan" / "gan_validation.json").read_text())
     print("\nphysics validation (" + ("passed" if validation["passed"] else "FAILED") + "):")
     print((gan_dir / "gan" / "gan_validation.md").read_text())
+    last = validate_last(gan_dir / "gan", sims, args.gan_override)
     print(f"speed: simulation {sim_rate:.4g} cubes/s ({sim_cubes} cubes in {sim_s:.3g} s), "
           f"GAN {gan_rate:.4g} cubes/s ({gan_cubes} cubes in {gan_s:.3g} s): "
           f"x{gan_rate / sim_rate:.4g} (one worker process each, this machine)")
@@ -130,7 +174,8 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "validation_passed": validation["passed"], "checks": validation["checks"],
             "sim_cubes_per_s": sim_rate, "gan_cubes_per_s": gan_rate,
-            "speed_ratio": gan_rate / sim_rate, "rows": rows}, indent=2))
+            "speed_ratio": gan_rate / sim_rate, "rows": rows,
+            "last_weights_checks": last["checks"] if last else None}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
-from src.gan.campaign import validation_set
 from src.gan.physics import validate
+from src.gan.reference import validation_set
 from src.gan.sample import LoadedGenerator
 from src.gan.train_gan import (
     build_gan,

@@ -40,7 +40,7 @@ SIM = ["sim=tiny", "sim.n_particles=16", "sim.mesh_factor=1", "sim.box_size=64",
 GAN = ["gan.noise_dim=8", "gan.width=16", "gan.min_width=4", "gan.batch_size=8",
        "gan.epochs=1", "gan.max_steps=3", "gan.progress=false", "gan.n_validation=8",
        "gan.sample_batch=8", "gan.device=cpu", "gan.accelerator=cpu", "campaign.n_sims=3",
-       "campaign.seed=1"]
+       "campaign.seed=1", "gan.select_every=0"]  # selection: tests/test_gan_selection.py
 
 
 def gen_cfg(data_dir: Path, *overrides: str):
@@ -147,23 +147,25 @@ def test_extra_train_dir_of_another_shape_is_refused(sims, tmp_path):
 
 def test_resume_continues_from_last_ckpt_written_every_epoch(sims, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
-    gcfg = OmegaConf.to_container(gan_cfg(sims, tmp_path, "gan.max_steps=-1").gan, resolve=True)
+    cfg = gan_cfg(sims, tmp_path, "gan.max_steps=-1")
+    gcfg = OmegaConf.to_container(cfg.gan, resolve=True)
+    thresholds = OmegaConf.to_container(cfg.gan_validation)
     saves = []
     real = L.Trainer.save_checkpoint
     monkeypatch.setattr(L.Trainer, "save_checkpoint",
                         lambda self, path, *a, **k: (saves.append(Path(path).name),
                                                      real(self, path, *a, **k))[1])
     gcfg["epochs"] = 2
-    ckpt = train_gan(gcfg)
+    ckpt = train_gan(gcfg, thresholds)
     first = torch.load(ckpt, weights_only=True)
     batches = first["global_step"] // 4  # 2 optimizer steps per batch, 2 epochs
     assert first["global_step"] == 4 * batches > 0
     assert saves.count("last.ckpt") == 3  # the end of each epoch, and the end of training
     gcfg["epochs"] = 3
-    resumed = torch.load(train_gan(gcfg), weights_only=True)
+    resumed = torch.load(train_gan(gcfg, thresholds), weights_only=True)
     assert resumed["global_step"] == 6 * batches and resumed["epoch"] == first["epoch"] + 1
     gcfg["resume"] = False
-    afresh = torch.load(train_gan(gcfg), weights_only=True)
+    afresh = torch.load(train_gan(gcfg, thresholds), weights_only=True)
     assert afresh["global_step"] == 6 * batches
     assert not torch.equal(afresh["state_dict"]["generator.head.weight"],
                            resumed["state_dict"]["generator.head.weight"])

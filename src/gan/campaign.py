@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from src.datamodules.split import split_simulations
 from src.dist import launched_by_mpi
 from src.errors import UserError
 from src.gan.nets import GanConfigError
 from src.gan.physics import check_thresholds, validate
 from src.gan.physics_report import write_validation
+from src.gan.reference import VALIDATION_STREAM, set_size, twin_seeds, validation_set
 from src.gan.sample import (
     GanCheckpointError,
     LoadedGenerator,
@@ -37,11 +37,10 @@ from src.sim.datadir import disk_full_means
 from src.sim.identity import campaign_digest, sample_parameters, validate_ranges
 from src.sim.mesh import cube_root
 from src.sim.nbody import SimSpec
-from src.sim.store import PARAM_NAMES, read_simulation, sim_filename, write_simulation
+from src.sim.store import PARAM_NAMES, sim_filename, write_simulation
 
 log = logging.getLogger(__name__)
 METHOD = "gan"
-MIN_VALIDATION = 6  # cube pairs src.gan.physics.validate needs (its slope fit has 4 terms)
 
 
 class GanValidationError(UserError):
@@ -101,45 +100,12 @@ def generate_one(job: Mapping, sim_id: int, local_rank: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------- validation
-def validation_set(train_dir: Path, manifest: Mapping, gcfg: Mapping):
-    """(counts [N, C, S, S, S], params [N, 3]) of `gan.n_validation` training sub-volumes,
-    taken round robin over the training simulations (sub-volume 0 of each, then 1, ...) so
-    that they spread over the parameter range the sigma_8 response needs."""
-    n = _n_validation(gcfg)
-    files = manifest["files"]
-    train, _ = split_simulations([int(e["id"]) for e in files], float(gcfg["val_fraction"]),
-                                 int(gcfg["split_seed"]), train_dir)
-    n_subs = {i: int(files[i].get("n_sub", 1)) for i in train}
-    order = [(i, sub) for sub in range(max(n_subs.values(), default=0))
-             for i in train if sub < n_subs[i]][:n]
-    if len(order) < MIN_VALIDATION:
-        raise GanConfigError(
-            f"gan.train_data={train_dir}: {len(order)} training sub-volumes, the physics "
-            f"validation needs at least {MIN_VALIDATION}; add simulations")
-    if len(order) < n:
-        log.warning("gan.n_validation=%d: %s has only %d training sub-volumes; validating on "
-                    "those", n, train_dir, len(order))
-    # only the files the picks come from: a large set would not fit in memory whole
-    cubes = {i: read_simulation(train_dir / files[i]["file"])[:2] for i in {i for i, _ in order}}
-    return (np.stack([cubes[i][0][sub] for i, sub in order]).astype(np.float32),
-            np.stack([cubes[i][1] for i, _ in order]).astype(np.float64))
-
-
-def _n_validation(gcfg: Mapping) -> int:
-    n = positive_int(gcfg, "n_validation")
-    if n < MIN_VALIDATION:
-        raise GanConfigError(f"gan.n_validation={n} must be >= {MIN_VALIDATION} (the sigma_8 "
-                             "response is a fit of 4 coefficients)")
-    return n
-
-
 def check_physics(gen: LoadedGenerator, train_dir: Path, manifest: Mapping, spec: SimSpec,
                   gcfg: Mapping, thresholds: Mapping, out_dir: Path) -> dict:
     """Validate the generator against the training simulations; write the table and figure
     to `out_dir`; refuse a failing generator unless gan.allow_invalid."""
     simulated, params = validation_set(train_dir, manifest, gcfg)
-    seeds = [int(np.random.default_rng([int(gcfg["seed"]), 1, i]).integers(2**63 - 1))
-             for i in range(len(params))]
+    seeds = twin_seeds(int(gcfg["seed"]), VALIDATION_STREAM, len(params))
     generated = gen.generate(params, seeds, int(gcfg["sample_batch"]))
     box = spec.box_size / cube_root(spec.n_sub)
     result = validate(simulated, generated, params, dict(thresholds), box)
@@ -204,7 +170,7 @@ def run_gan_campaign(cfg: DictConfig) -> dict:
     gcfg = OmegaConf.to_container(cfg.gan, resolve=True)
     # every setting checked before a long training, not after it
     thresholds = check_thresholds(OmegaConf.to_container(cfg.gan_validation, resolve=True))
-    _n_validation(gcfg)
+    set_size(gcfg, "n_validation")
     positive_int(gcfg, "sample_batch")
     device = resolve_device(str(gcfg["device"]))
     camp = OmegaConf.to_container(cfg.campaign, resolve=True)
@@ -224,7 +190,7 @@ def run_gan_campaign(cfg: DictConfig) -> dict:
     out_dir = Path(str(gcfg["out_dir"])).expanduser().absolute()
     t0 = time.perf_counter()
     trained = not gcfg.get("checkpoint")
-    ckpt = train_gan(gcfg) if trained else Path(str(gcfg["checkpoint"]))
+    ckpt = train_gan(gcfg, thresholds) if trained else Path(str(gcfg["checkpoint"]))
     train_s = time.perf_counter() - t0
     gen = load_generator(ckpt, size, channels, device)
     if not trained:
@@ -253,5 +219,5 @@ def run_gan_campaign(cfg: DictConfig) -> dict:
             "n_generated": result["n_simulated"]}
 
 
-__all__ = ["GanValidationError", "generate_one", "sub_seeds", "validation_set",
-           "check_physics", "run_gan_campaign"]
+__all__ = ["GanValidationError", "generate_one", "sub_seeds", "check_physics",
+           "run_gan_campaign"]

@@ -3,7 +3,8 @@
 Data: CosmoDataModule on `gan.train_data` (log1p cubes, labels in [-1, 1]) with the split of
 the training jobs, so the GAN sees only their training simulations. Checkpoints: last.ckpt in
 `gan.out_dir` at the end of every epoch (and at the end of training); `gan.resume` continues
-from it. Returns the checkpoint to sample from.
+from it. Returns the checkpoint to sample from: the state chosen by its physics checks
+(selected.ckpt, src/gan/selection.py) when `gan.select_every` > 0, else last.ckpt.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from src.datamodules.cosmo import CosmoDataModule
 from src.errors import DataError
 from src.gan.module import CosmoGAN
 from src.gan.nets import GENERATOR_KEYS_BEFORE, GanConfigError, check_pixel_norm_from
+from src.gan.reference import SELECTION_STREAM, selection_set, twin_seeds
+from src.gan.selection import SelectByChecks, clear_selection, selected_or_last
+from src.sim.mesh import cube_root
+from src.sim.nbody import SimSpec
 from src.sim.store import read_manifest
 from src.util import checks
 
@@ -210,24 +215,46 @@ def _finished(state: Mapping, epochs: int, max_steps: int) -> bool:
     return epoch >= epochs or (max_steps > 0 and steps >= 2 * max_steps)
 
 
-def train_gan(gcfg: Mapping) -> Path:
-    """Train (or finish training) the GAN of `gan.*`; returns out_dir/last.ckpt."""
+def selection(gcfg: Mapping, data_dir: Path, manifest: Mapping, thresholds: Mapping,
+              out_dir: Path) -> SelectByChecks | None:
+    """The checkpoint-selection callback of `gan.select_every` / `gan.n_select` (None: 0,
+    keep the last weights); its sub-volumes are read, and their number checked, here."""
+    every = checks.integer("gan.select_every", gcfg.get("select_every", 0), 0, GanConfigError)
+    if every == 0:
+        return None
+    simulated, params = selection_set(data_dir, manifest, gcfg)
+    spec = SimSpec.from_config(dict(manifest["sim"]))
+    return SelectByChecks(every, simulated, params,
+                          twin_seeds(int(gcfg["seed"]), SELECTION_STREAM, len(params)),
+                          thresholds, spec.box_size / cube_root(spec.n_sub), out_dir,
+                          positive_int(gcfg, "sample_batch"))
+
+
+def train_gan(gcfg: Mapping, thresholds: Mapping) -> Path:
+    """Train (or finish training) the GAN of `gan.*`; returns the checkpoint to sample from
+    (selected.ckpt or last.ckpt in gan.out_dir). `thresholds`: the gan_validation settings,
+    which the checkpoint selection scores against."""
     data_dir, manifest = check_train_data(gcfg)
     gcfg = {**gcfg, "periodic": resolve_periodic(gcfg, manifest)}
     for key in ("epochs", "batch_size", "noise_dim", "width", "min_width"):
         positive_int(gcfg, key)
     out_dir = Path(str(gcfg["out_dir"])).expanduser().absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
+    select = selection(gcfg, data_dir, manifest, thresholds, out_dir)
+    every = select.every if select is not None else 0
     last = out_dir / LAST
     resume = last if gcfg["resume"] and last.is_file() else None
     max_steps = int(gcfg["max_steps"])
     state = _resumable(last, gcfg, data_dir) if resume is not None else None
     if state is not None and _finished(state, int(gcfg["epochs"]), max_steps):
-        # nothing left to train: leave last.ckpt (and its sha256, in every generated file's
-        # attributes) untouched, so a rerun of the campaign resumes instead of refusing its files
+        # nothing left to train: leave the checkpoint (and its sha256, in every generated
+        # file's attributes) untouched, so a rerun of the campaign resumes instead of
+        # refusing its files
         log.info("GAN: %s already trained to gan.epochs / gan.max_steps", last)
-        return last
+        return selected_or_last(out_dir, last, every)
     log.info("GAN: %s from %s", f"resuming {last}" if resume else "training afresh", data_dir)
+    if resume is None:
+        clear_selection(out_dir)
     L.seed_everything(int(gcfg["seed"]), workers=True)
     if gcfg.get("threads"):
         torch.set_num_threads(int(gcfg["threads"]))
@@ -244,13 +271,14 @@ def train_gan(gcfg: Mapping) -> Path:
         precision=gcfg["precision"], max_epochs=int(gcfg["epochs"]),
         # manual optimization counts both optimizers' steps: two per batch
         max_steps=2 * max_steps if max_steps > 0 else -1,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[checkpoint],
+        limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=[checkpoint, *([select] if select is not None else [])],
         logger=CSVLogger(str(out_dir), name="", version=""), log_every_n_steps=1,
         enable_progress_bar=bool(gcfg["progress"]), default_root_dir=str(out_dir),
         enable_model_summary=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     trainer.save_checkpoint(last)  # the final state, also when max_steps ended an epoch early
-    return last
+    return selected_or_last(out_dir, last, every)
 
 
 __all__ = ["LAST", "RESUME_KEYS", "positive_int", "check_train_data", "gan_datamodule",
