@@ -82,8 +82,11 @@ def validate_last(gan_out: Path, sims: Path, gan_overrides: list[str]) -> dict |
           f"validation's: step {rec['selected_step']} (score {rec['selected_score']:.3f}; <= 1: "
           "all four checks pass)")
     for h in rec["history"]:
+        slope = h.get("sigma8_slope")
         print(f"  step {h['step']}: score {h['score']:.3f} "
-              + " ".join(f"{k} {v:.3f}" for k, v in h["values"].items()))
+              + " ".join(f"{k} {v:.3f}" for k, v in h["values"].items())
+              + (f" | sigma_8 slope {slope['generated']} (simulated {slope['simulated']})"
+                 if slope else ""))
     gcfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/gan/default.yaml"))
     for item in gan_overrides:
         key, value = item.removeprefix("gan.").split("=", 1)

@@ -85,7 +85,7 @@ def test_campaign_samples_from_the_best_checked_state(sims, tmp_path):
     assert manifest["checkpoint_sha256"] == file_checksum(selected)
 
 
-def test_selection_does_not_change_the_training(sims, tmp_path):
+def test_selection_takes_no_random_numbers_from_the_training(sims, tmp_path):
     weights = []
     for every in (1, 0):
         gcfg, thresholds = _gan(gan_cfg(sims, tmp_path / f"every{every}", *SELECT,
@@ -115,12 +115,14 @@ def test_the_selection_record_survives_a_resume(sims, tmp_path):
     assert [h["step"] for h in _record(tmp_path / "gan")["history"]] == [1]
 
 
-def test_a_lost_selected_checkpoint_is_selected_again(sims, tmp_path):
+def test_a_lost_selected_checkpoint_is_selected_again(sims, tmp_path, caplog):
     gcfg, thresholds = _gan(gan_cfg(sims, tmp_path, *SELECT, "gan.max_steps=2"))
     train_gan(gcfg, thresholds)
     (tmp_path / "gan" / SELECTED).unlink()
     gcfg["max_steps"] = 3
-    assert train_gan(gcfg, thresholds).name == SELECTED
+    with caplog.at_level("WARNING", logger="src.gan.selection"):
+        assert train_gan(gcfg, thresholds).name == SELECTED
+    assert f"{tmp_path / 'gan' / SELECTED} is missing; selecting afresh from step 2" in caplog.text
     assert _record(tmp_path / "gan")["selected_step"] == 3
 
 

@@ -12,8 +12,9 @@ state with the lowest score so far is saved as `selected.ckpt` beside last.ckpt.
 record rides in every checkpoint (the callback's state), so a resumed run goes on comparing
 against the best before the kill, and `selection.json` lists every score.
 
-The checks use their own RNG streams, not the global one: selection never changes the
-training trajectory.
+The checks use their own RNG streams, not the global one, so they take no random numbers
+from the training; its weights still part from a run without checks after a few hundred
+steps at the bench's size (docs/gan.md), as rounding differs once more work has run.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class SelectByChecks(L.Callback):
         self.best_step = state["best_step"]
         self.history = list(state["history"])
 
-    def on_fit_start(self, trainer, module) -> None:
+    def on_train_start(self, trainer, module) -> None:
+        # after every strategy has restored the callbacks (some restore after on_fit_start):
         # restored from last.ckpt (or nothing, training afresh: train_gan then removed any
         # older selection). A selected.ckpt saved after last.ckpt, before a kill, is this
         # run's too and may hold a better state than last.ckpt knows of; one that is gone
@@ -100,14 +102,19 @@ class SelectByChecks(L.Callback):
         gen = LoadedGenerator(self.path, module.generator_ema, dict(module.hparams), "unsaved")
         cubes = gen.generate(self.params, self.seeds, self.batch)
         result = validate(self.simulated, cubes, self.params, self.thresholds, self.box_size)
+        response = result["sigma8_response"]
         entry = {"step": int(step), "score": score(result), "passed": bool(result["passed"]),
-                 "values": {c["name"]: float(c["value"]) for c in result["checks"]}}
+                 "values": {c["name"]: float(c["value"]) for c in result["checks"]},
+                 # what the checks forgive as noise, kept to judge the pick by afterwards
+                 "pk_ratio": np.round(result["pk"]["ratio"], 4).tolist(),
+                 "sigma8_slope": {"generated": np.round(response["slope_gen"], 3).tolist(),
+                                  "simulated": np.round(response["slope_sim"], 3).tolist()}}
         self.history.append(entry)
         better = entry["score"] < self.best_score
         if better:
             self.best_score, self.best_step = entry["score"], int(step)
             tmp = temporary_name(self.path)  # a kill mid-save leaves the old selection whole
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # with the callbacks: its own score
             if trainer.is_global_zero:
                 os.replace(tmp, self.path)
         if trainer.is_global_zero:

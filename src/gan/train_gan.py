@@ -277,7 +277,8 @@ def train_gan(gcfg: Mapping, thresholds: Mapping) -> Path:
         enable_progress_bar=bool(gcfg["progress"]), default_root_dir=str(out_dir),
         enable_model_summary=False)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    trainer.save_checkpoint(last)  # the final state, also when max_steps ended an epoch early
+    # the final state, also when max_steps ended an epoch early (weights_only=False: all of it)
+    trainer.save_checkpoint(last, weights_only=False)
     return selected_or_last(out_dir, last, every)
 
 
