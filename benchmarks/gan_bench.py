@@ -32,7 +32,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from omegaconf import OmegaConf
 
 from src.gan.campaign import check_physics
@@ -70,10 +69,11 @@ def train(out: Path, name: str, data: Path, extra: list[str], args) -> dict:
     return json.loads((job / "metrics.json").read_text())
 
 
-def validate_last(gan_out: Path, sims: Path, gan_overrides: list[str]) -> dict | None:
+def validate_last(gan_out: Path, sims: Path, run_config: Path) -> dict | None:
     """Print the checkpoint selection's record, then validate last.ckpt as generate.py
-    validated the selected state (same cubes, noise and thresholds) into gan_out/last_weights;
-    None when the GAN sampled from its last weights anyway."""
+    validated the selected state (its own config `run_config`, as Hydra saved it: the same
+    cubes, noise and thresholds) into gan_out/last_weights; None when the GAN sampled from
+    its last weights anyway."""
     record = gan_out / RECORD
     if not record.is_file():
         return None
@@ -87,12 +87,8 @@ def validate_last(gan_out: Path, sims: Path, gan_overrides: list[str]) -> dict |
               + " ".join(f"{k} {v:.3f}" for k, v in h["values"].items())
               + (f" | sigma_8 slope {slope['generated']} (simulated {slope['simulated']})"
                  if slope else ""))
-    gcfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/gan/default.yaml"))
-    for item in gan_overrides:
-        key, value = item.removeprefix("gan.").split("=", 1)
-        gcfg[key] = yaml.safe_load(value)
-    gcfg["allow_invalid"] = True
-    thresholds = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/gan_validation/default.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(run_config), resolve=True)
+    gcfg, thresholds = {**cfg["gan"], "allow_invalid": True}, cfg["gan_validation"]
     manifest = _manifest(sims)
     gen = load_generator(gan_out / LAST, device=resolve_device(str(gcfg["device"])))
     result = check_physics(gen, sims, manifest, SimSpec.from_config(dict(manifest["sim"])), gcfg,
@@ -140,8 +136,9 @@ def main() -> None:
     _run(["generate.py", *sim_again, f"campaign.n_sims={args.time_sims}", "campaign.seed=12345",
           "campaign.workers=1", f"paths.data_dir={timing_dir}"], args.timeout)
     sim_rate, sim_cubes, sim_s = cubes_per_s(timing_dir, "simulate_s")
-    gan_dir = out / "gan"
+    gan_dir, gan_run_dir = out / "gan", out / "gan_run"
     _run(["generate.py", "method=gan", f"gan.train_data={sims}", f"paths.data_dir={gan_dir}",
+          f"hydra.run.dir={gan_run_dir}",
           "campaign.seed=1", f"campaign.n_sims={args.gan_files}", "campaign.workers=1",
           f"gan.epochs={args.gan_epochs}", "gan.allow_invalid=true", *args.gan_override],
          args.timeout)
@@ -149,7 +146,7 @@ def main() -> None:
     validation = json.loads((gan_dir / "gan" / "gan_validation.json").read_text())
     print("\nphysics validation (" + ("passed" if validation["passed"] else "FAILED") + "):")
     print((gan_dir / "gan" / "gan_validation.md").read_text())
-    last = validate_last(gan_dir / "gan", sims, args.gan_override)
+    last = validate_last(gan_dir / "gan", sims, gan_run_dir / ".hydra" / "config.yaml")
     print(f"speed: simulation {sim_rate:.4g} cubes/s ({sim_cubes} cubes in {sim_s:.3g} s), "
           f"GAN {gan_rate:.4g} cubes/s ({gan_cubes} cubes in {gan_s:.3g} s): "
           f"x{gan_rate / sim_rate:.4g} (one worker process each, this machine)")
