@@ -60,3 +60,18 @@ def test_host_malloc_bench_times_both_allocators():
     lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
     assert "step" in lines["glibc_default"] and "peak RSS" in lines["kept"]
     assert float(lines["step time kept / default"].split()[-1]) > 0
+
+
+def test_per_simulation_rebuilds_the_job_and_matches_its_val_loss(tiny_data, tmp_path):
+    job = tmp_path / "job"
+    run_script("train.py", f"data.dir={tiny_data}", f"hydra.run.dir={job}", "logger=csv",
+               "trainer.max_epochs=1", "trainer.max_steps=2", "trainer.precision=32-true",
+               "trainer.enable_progress_bar=false", "~callbacks.progress", "data.batch_size=2")
+    out = run_script("-m", "benchmarks.per_simulation", "--job", str(job))
+    rows = json.loads(out.splitlines()[-1])
+    logged = json.loads((job / "metrics.json").read_text())["metrics"]["val/loss"]
+    sub, pooled = rows["per sub-volume"], rows["per simulation (8 sub-volumes pooled)"]
+    # the same weights, split and samples as the job's own last validation
+    assert abs(sub["cnn_val_mse"] - logged) < 1e-4 * max(1.0, logged)
+    assert all(len(r[k]) == 3 for r in (sub, pooled) for k in ("cnn_r2", "ridge_r2"))
+    assert pooled["ridge_val_mse"] > 0 and pooled["cnn_val_mse"] > 0
