@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--pk-bins", type=int, default=4)
     ap.add_argument("--alpha", type=float, default=1.0, help="the ridge penalty")
     args = ap.parse_args()
+    for need in (args.job / ".hydra" / "config.yaml", args.job / "checkpoints" / args.ckpt):
+        if not need.is_file():
+            ap.error(f"--job {args.job}: no {need.relative_to(args.job)} (a finished train.py job?)")
     pred, y, file_idx, data_cfg = cnn_predictions(args.job, args.ckpt)
     data = Path(data_cfg["dir"])
     feats, y_sim, ids = features_and_labels(data, args.pk_bins)

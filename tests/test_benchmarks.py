@@ -75,3 +75,10 @@ def test_per_simulation_rebuilds_the_job_and_matches_its_val_loss(tiny_data, tmp
     assert abs(sub["cnn_val_mse"] - logged) < 1e-4 * max(1.0, logged)
     assert all(len(r[k]) == 3 for r in (sub, pooled) for k in ("cnn_r2", "ridge_r2"))
     assert pooled["ridge_val_mse"] > 0 and pooled["cnn_val_mse"] > 0
+
+
+def test_per_simulation_names_a_job_that_is_not_one(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.per_simulation", "--job",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"--job {tmp_path}: no .hydra/config.yaml" in proc.stderr
