@@ -38,10 +38,13 @@ def cnn_predictions(job: Path, ckpt: str) -> tuple[np.ndarray, np.ndarray, np.nd
     module.load_state_dict(state["state_dict"])
     module.eval()
     loader = torch.utils.data.DataLoader(dm.val_set, batch_size=32)
+    preds, labels = [], []
     with torch.no_grad():
-        pred = torch.cat([module(x).float() for x, _ in loader]).numpy()
-    labels = np.stack([dm.val_set[i][1].numpy() for i in range(len(dm.val_set))])
-    return pred, labels, dm.val_set.index[:, 0], OmegaConf.to_container(cfg.data, resolve=True)
+        for x, y in loader:
+            preds.append(module(x).float())
+            labels.append(y)
+    return (torch.cat(preds).numpy(), torch.cat(labels).numpy(), dm.val_set.index[:, 0],
+            OmegaConf.to_container(cfg.data, resolve=True))
 
 
 def per_simulation(values: np.ndarray, file_idx: np.ndarray) -> np.ndarray:
