@@ -52,6 +52,18 @@ def fit(f_tr, y_tr, f_va, y_va, alpha: float) -> dict:
             "mean_mse": float(ref.mean())}
 
 
+def fit_per_sub_volume(feats, y, tr, va, alpha: float) -> dict:
+    """`fit` with every sub-volume of `feats` [sims, n_sub, F] a sample, its simulation's labels."""
+    n_sub = feats.shape[1]
+    return fit(feats[tr].reshape(-1, feats.shape[-1]), np.repeat(y[tr], n_sub, axis=0),
+               feats[va].reshape(-1, feats.shape[-1]), np.repeat(y[va], n_sub, axis=0), alpha)
+
+
+def fit_per_simulation(feats, y, tr, va, alpha: float) -> dict:
+    """`fit` on each simulation's statistics averaged over its sub-volumes."""
+    return fit(feats[tr].mean(axis=1), y[tr], feats[va].mean(axis=1), y[va], alpha)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -63,21 +75,13 @@ def main() -> None:
     feats, y, ids = features_and_labels(args.data, args.pk_bins)
     tr, va = split_simulations(ids, args.val_fraction, args.split_seed, args.data)
     n_sub, n_feat = feats.shape[1], feats.shape[2]
-
-    def per_sample(f):  # every sub-volume a sample, its simulation's labels
-        return f.reshape(-1, f.shape[-1])
-
-    def labels(idx):
-        return np.repeat(y[idx], n_sub, axis=0)
-
-    quad = quadratic(per_sample(feats)).reshape(len(ids), n_sub, -1)
+    quad = quadratic(feats.reshape(-1, n_feat)).reshape(len(ids), n_sub, -1)
     rows = {
         "sub-volume statistics (the quality baseline)":
-            fit(per_sample(feats[tr]), labels(tr), per_sample(feats[va]), labels(va), args.alpha),
-        "quadratic in them":
-            fit(per_sample(quad[tr]), labels(tr), per_sample(quad[va]), labels(va), 10 * args.alpha),
+            fit_per_sub_volume(feats, y, tr, va, args.alpha),
+        "quadratic in them": fit_per_sub_volume(quad, y, tr, va, 10 * args.alpha),
         f"averaged over each simulation's {n_sub} sub-volumes":
-            fit(feats[tr].mean(axis=1), y[tr], feats[va].mean(axis=1), y[va], args.alpha),
+            fit_per_simulation(feats, y, tr, va, args.alpha),
     }
     print(f"{args.data}: {len(tr)} train / {len(va)} val simulations, {n_sub} sub-volume(s) "
           f"each, {n_feat} features")

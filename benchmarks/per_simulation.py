@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.information import features_and_labels, fit
+from benchmarks.information import features_and_labels, fit_per_simulation, fit_per_sub_volume
 from src.datamodules.split import split_simulations
 from src.quality.baselines import mean_errors
 from src.training.build import build_datamodule, build_module
@@ -68,7 +68,7 @@ def main() -> None:
     feats, y_sim, ids = features_and_labels(data, args.pk_bins)
     tr, va = split_simulations(ids, data_cfg["val_fraction"], data_cfg["split_seed"], data)
     n_sub = feats.shape[1]
-    ref = mean_errors(np.repeat(y_sim[tr], n_sub, axis=0), y)["mse"]  # the training mean's MSE
+    ref = mean_errors(y_sim[tr], y)["mse"]  # the training mean's MSE (equal n_sub per simulation)
     y_pooled = per_simulation(y, file_idx)
     if not np.allclose(y_pooled, y_sim[va], atol=1e-5):
         raise SystemExit(f"{args.job}: the job's validation simulations are not the ridge's")
@@ -76,12 +76,10 @@ def main() -> None:
     rows = {}
     for name, cnn_mse, ref_mse, ridge in [
         ("per sub-volume", ((pred - y) ** 2).mean(axis=0), ref,
-         fit(feats[tr].reshape(-1, feats.shape[-1]), np.repeat(y_sim[tr], n_sub, axis=0),
-             feats[va].reshape(-1, feats.shape[-1]), np.repeat(y_sim[va], n_sub, axis=0),
-             args.alpha)),
+         fit_per_sub_volume(feats, y_sim, tr, va, args.alpha)),
         (f"per simulation ({n_sub} sub-volumes pooled)",
          ((per_simulation(pred, file_idx) - y_pooled) ** 2).mean(axis=0), ref_pooled,
-         fit(feats[tr].mean(axis=1), y_sim[tr], feats[va].mean(axis=1), y_sim[va], args.alpha)),
+         fit_per_simulation(feats, y_sim, tr, va, args.alpha)),
     ]:
         rows[name] = {"cnn_val_mse": float(cnn_mse.mean()), "ridge_val_mse": ridge["val_mse"],
                       "cnn_r2": [float(v) for v in 1 - cnn_mse / ref_mse], "ridge_r2": ridge["r2"]}
