@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from benchmarks.information import features_and_labels, fit_per_simulation, fit_per_sub_volume
 from src.datamodules.split import split_simulations
-from src.quality.baselines import mean_errors
+from src.quality.baselines import errors, mean_errors
 from src.training.build import build_datamodule, build_module
 
 
@@ -75,10 +75,10 @@ def main() -> None:
     ref_pooled = mean_errors(y_sim[tr], y_pooled)["mse"]
     rows = {}
     for name, cnn_mse, ref_mse, ridge in [
-        ("per sub-volume", ((pred - y) ** 2).mean(axis=0), ref,
+        ("per sub-volume", errors(pred, y)["mse"], ref,
          fit_per_sub_volume(feats, y_sim, tr, va, args.alpha)),
         (f"per simulation ({n_sub} sub-volumes pooled)",
-         ((per_simulation(pred, file_idx) - y_pooled) ** 2).mean(axis=0), ref_pooled,
+         errors(per_simulation(pred, file_idx), y_pooled)["mse"], ref_pooled,
          fit_per_simulation(feats, y_sim, tr, va, args.alpha)),
     ]:
         rows[name] = {"cnn_val_mse": float(cnn_mse.mean()), "ridge_val_mse": ridge["val_mse"],
