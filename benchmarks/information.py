@@ -21,7 +21,7 @@ import numpy as np
 
 from src.datamodules.split import split_simulations
 from src.quality.baselines import mean_errors, sample_features, stats_errors
-from src.sim.store import read_manifest, read_simulation
+from src.sim.store import normalise_labels, read_manifest, read_simulation
 
 
 def features_and_labels(data: Path, pk_bins: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -32,8 +32,8 @@ def features_and_labels(data: Path, pk_bins: int) -> tuple[np.ndarray, np.ndarra
     for entry in manifest["files"]:
         x, _, _ = read_simulation(data / entry["file"])
         feats.append(np.stack([sample_features(sub, pk_bins) for sub in x]))
-        labels.append([(entry["params"][p] - sum(ranges[p]) / 2) / ((ranges[p][1] - ranges[p][0]) / 2)
-                       for p in manifest["param_names"]])
+        labels.append(normalise_labels([entry["params"][p] for p in manifest["param_names"]],
+                                       manifest["param_names"], ranges))
         ids.append(int(entry["id"]))
     return np.stack(feats), np.asarray(labels), ids
 

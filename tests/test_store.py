@@ -7,6 +7,7 @@ import pytest
 
 from src.errors import DataError
 from src.sim.store import (
+    normalise_labels,
     read_manifest,
     read_simulation,
     rebuild_manifest,
@@ -67,3 +68,14 @@ def test_verify_names_a_replaced_file(tmp_path):
 def test_unwritable_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="could not write"):
         _write(tmp_path / "missing_dir", 0)
+
+
+def test_labels_map_the_manifest_ranges_onto_minus_one_to_one():
+    names, ranges = HEADER["param_names"], HEADER["param_ranges"]
+    raw = np.array([[0.25, 0.78, 0.9], [0.35, 0.95, 1.0], [0.30, 0.865, 0.95]])
+    out = normalise_labels(raw, names, ranges)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[-1, -1, -1], [1, 1, 1], [0, 0, 0]], atol=1e-6)
+    # the order of param_names, not of the dict, picks each column's range
+    swapped = normalise_labels(raw[:, ::-1], names[::-1], ranges)
+    np.testing.assert_allclose(swapped, out[:, ::-1], atol=1e-6)

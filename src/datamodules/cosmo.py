@@ -26,7 +26,7 @@ from src.datamodules.split import data_fraction, nested_prefix, sample_index, sp
 from src.datamodules.staging import resolve_stage, stage_shard
 from src.errors import DataError
 from src.perf.timing import TimedDataLoader
-from src.sim.store import read_manifest, verify_simulation
+from src.sim.store import normalise_labels, read_manifest, verify_simulation
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,7 @@ class CosmoDataModule(L.LightningDataModule):
         return files, np.stack(labels)
 
     def _normalise_labels(self, y: np.ndarray) -> np.ndarray:
-        lo = np.array([self.param_ranges[n][0] for n in self.param_names], dtype=np.float32)
-        hi = np.array([self.param_ranges[n][1] for n in self.param_names], dtype=np.float32)
-        return (2.0 * (y - lo) / (hi - lo) - 1.0).astype(np.float32)
+        return normalise_labels(y, self.param_names, self.param_ranges)
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """File indices (train, val): whole simulations on one side, by their manifest ids."""

@@ -161,6 +161,17 @@ def read_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
+def normalise_labels(raw: np.ndarray, param_names, param_ranges: Mapping) -> np.ndarray:
+    """Physical parameters [..., P] mapped onto [-1, 1] by the manifest's ranges.
+
+    The one place the training labels and every baseline that reads the files take them
+    from, so a baseline recomputed from the HDF5 files scores the labels the net saw.
+    """
+    lo = np.array([float(param_ranges[n][0]) for n in param_names], dtype=np.float32)
+    hi = np.array([float(param_ranges[n][1]) for n in param_names], dtype=np.float32)
+    return (2.0 * (np.asarray(raw, dtype=np.float32) - lo) / (hi - lo) - 1.0).astype(np.float32)
+
+
 def rebuild_manifest(data_dir: str | Path, header: Mapping, ids=None) -> Path:
     """Recreate the manifest from the files (the files are the truth, not the old list).
 
