@@ -35,8 +35,10 @@ def _training_mean_mse(data_dir, val_ids) -> float:
     return float(((val - train.mean(axis=0)) ** 2).mean())
 
 
-def test_target_reached_stops_early_and_records_time_to_target(train_cfg, tiny_data, tmp_path):
-    result = run(train_cfg(*EPOCHS, "trainer.max_epochs=3", *_absolute_target(100)))
+def test_target_reached_stops_early_and_records_time_to_target(train_cfg, tiny_data, tmp_path,
+                                                               caplog):
+    with caplog.at_level("INFO", logger="src.callbacks.quality"):
+        result = run(train_cfg(*EPOCHS, "trainer.max_epochs=3", *_absolute_target(100)))
     m, split = result["metrics"], result["split"]
     assert result["config"]["global_step"] == 2  # stopped after the first epoch's validation
     assert m["target_reached"] is True and m["quality_target"] == 100
@@ -54,6 +56,10 @@ def test_target_reached_stops_early_and_records_time_to_target(train_cfg, tiny_d
             1 - m[f"val/mse_{p}"] / m[f"baseline_mean_mse_{p}"])
     saved = json.loads((tmp_path / "job" / "metrics.json").read_text())
     assert saved["split"] == split and split["val_sim_ids"] == [7]
+    # the log says at the start what the job has to beat, with the numbers metrics.json keeps
+    assert (f"summary-statistics ridge {m['baseline_stats_mse']:.4g} (fitted on 56 training "
+            f"samples") in caplog.text
+    assert f"training mean val MSE {m['baseline_mean_mse']:.4g}" in caplog.text
     _check_mllog(tmp_path / "job" / "mllog.txt", tmp_path, status="success")
 
 
@@ -75,8 +81,9 @@ def _check_mllog(path, cwd, status):
     assert failures == ["Failed checks for eval_error : v['value'] <= 0.124 and v['value'] > 0."], out
 
 
-def test_target_not_reached_penalises_valid_flops_and_warns_on_saturation(train_cfg):
-    with pytest.warns(UserWarning, match="saturate the tanh"):
+def test_target_not_reached_penalises_valid_flops_and_warns_on_saturation(train_cfg, caplog):
+    with pytest.warns(UserWarning, match="saturate the tanh"), \
+            caplog.at_level("INFO", logger="src.callbacks.quality"):
         result = run(train_cfg(*EPOCHS, "trainer.max_epochs=2", *_absolute_target(1e-9),
                                "optim.lr=0.05", "model.net.output=tanh"))
     m = result["metrics"]
@@ -85,6 +92,9 @@ def test_target_not_reached_penalises_valid_flops_and_warns_on_saturation(train_
     assert m["quality_achieved"] == m["val/loss"] and m["quality_best"] > 1e-9
     assert m["quality_penalty"] == pytest.approx((1e-9 / m["val/loss"]) ** 5)
     assert m["valid_tflops_aggregate"] == pytest.approx(m["tflops_aggregate"] * m["quality_penalty"])
+    # one progress line per validation of the fit while the target is out of reach
+    progress = re.findall(r"quality target val_mse <= 1e-09: \S+ at epoch (\d)", caplog.text)
+    assert progress == ["0", "1"], caplog.text
 
 
 def test_bad_quality_config_is_one_clear_error(tiny_data, tmp_path):

@@ -104,6 +104,15 @@ class QualityMonitor(Callback):
         self._flops_per_sample = flops_per_sample(pl_module.net, dm.sample_shape)["flops_per_sample_train"]
         if self._threshold is None:
             log.warning("quality target %s: no validation to measure it on", self.target.name)
+        elif trainer.is_global_zero and "baseline_mean_mse" in self.metrics:
+            # a long convergence job says at its start what it has to beat
+            stats = self.metrics.get("baseline_stats_mse")
+            log.info("quality baselines: training mean val MSE %.4g, summary-statistics ridge %s "
+                     "(fitted on %s training samples in %.0f s); target %s <= %.4g",
+                     self.metrics["baseline_mean_mse"],
+                     "off" if stats is None else f"{stats:.4g}",
+                     self.metrics.get("baseline_train_samples", 0),
+                     self.metrics.get("baseline_s", 0.0), self.target.name, self._threshold)
 
     # ---- progress -----------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
@@ -123,6 +132,9 @@ class QualityMonitor(Callback):
         if achieved is None:
             return
         self._best = achieved if self._best is None else min(self._best, achieved)
+        if trainer.is_global_zero and not self.reached:
+            log.info("quality target %s <= %.4g: %.4g at epoch %d (best %.4g)", self.target.name,
+                     self._threshold, achieved, trainer.current_epoch, self._best)
         if self.reached or achieved > self._threshold:
             return
         self._record_reached()
