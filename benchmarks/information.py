@@ -27,15 +27,14 @@ from src.sim.store import normalise_labels, read_manifest, read_simulation
 def features_and_labels(data: Path, pk_bins: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """[sims, n_sub, features] and normalised labels [sims, P] of every file in the manifest."""
     manifest = read_manifest(data)
-    ranges = manifest["param_ranges"]
-    feats, labels, ids = [], [], []
+    names = manifest["param_names"]
+    feats, params, ids = [], [], []
     for entry in manifest["files"]:
         x, _, _ = read_simulation(data / entry["file"])
         feats.append(np.stack([sample_features(sub, pk_bins) for sub in x]))
-        labels.append(normalise_labels([entry["params"][p] for p in manifest["param_names"]],
-                                       manifest["param_names"], ranges))
+        params.append([entry["params"][p] for p in names])
         ids.append(int(entry["id"]))
-    return np.stack(feats), np.asarray(labels), ids
+    return np.stack(feats), normalise_labels(params, names, manifest["param_ranges"]), ids
 
 
 def quadratic(f: np.ndarray) -> np.ndarray:

@@ -107,12 +107,11 @@ class QualityMonitor(Callback):
         elif trainer.is_global_zero and "baseline_mean_mse" in self.metrics:
             # a long convergence job says at its start what it has to beat
             stats = self.metrics.get("baseline_stats_mse")
-            log.info("quality baselines: training mean val MSE %.4g, summary-statistics ridge %s "
-                     "(fitted on %s training samples in %.0f s); target %s <= %.4g",
-                     self.metrics["baseline_mean_mse"],
-                     "off" if stats is None else f"{stats:.4g}",
-                     self.metrics.get("baseline_train_samples", 0),
-                     self.metrics.get("baseline_s", 0.0), self.target.name, self._threshold)
+            ridge = "off" if stats is None else (
+                f"{stats:.4g} (fitted on {self.metrics['baseline_train_samples']} training samples)")
+            log.info("quality baselines: training mean val MSE %.4g, summary-statistics ridge %s, "
+                     "in %.0f s; target %s <= %.4g", self.metrics["baseline_mean_mse"], ridge,
+                     self.metrics["baseline_s"], self.target.name, self._threshold)
 
     # ---- progress -----------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:

@@ -132,9 +132,6 @@ class CosmoDataModule(L.LightningDataModule):
             files.append(path)
         return files, np.stack(labels)
 
-    def _normalise_labels(self, y: np.ndarray) -> np.ndarray:
-        return normalise_labels(y, self.param_names, self.param_ranges)
-
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """File indices (train, val): whole simulations on one side, by their manifest ids."""
         return split_simulations(self.sim_ids, self.val_fraction, self.split_seed, self.data_dir)
@@ -143,7 +140,7 @@ class CosmoDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         files, raw_labels = self._check_files(self.data_dir, self.manifest)
-        labels = self._normalise_labels(raw_labels)
+        labels = normalise_labels(raw_labels, self.param_names, self.param_ranges)
         n_subs = [int(e.get("n_sub", 1)) for e in self.manifest["files"]]
         train_sims, val_sims = self.split()
         self.val_sim_ids = [self.sim_ids[i] for i in val_sims]
@@ -192,7 +189,7 @@ class CosmoDataModule(L.LightningDataModule):
             extra_files, raw = self._check_files(path, manifest)
             first = len(files)
             files += extra_files
-            labels.append(self._normalise_labels(raw))
+            labels.append(normalise_labels(raw, self.param_names, self.param_ranges))
             n_subs = [int(e.get("n_sub", 1)) for e in manifest["files"]]
             parts.append(sample_index(range(len(n_subs)), n_subs) + [first, 0])
             for entry, n_sub in zip(manifest["files"], n_subs, strict=True):
