@@ -1,6 +1,7 @@
 """The quality axis on tiny real runs: baselines on the job's own split, a target that is
 reached (early stop) and one that is not, Valid FLOP/s, the MLPerf HPC log through MLCommons'
-own compliance checker, and one clear error for a bad `quality` config."""
+own compliance checker, a resumed job's baselines and earlier log, and one clear error for a bad
+`quality` config."""
 
 from __future__ import annotations
 
@@ -95,6 +96,37 @@ def test_target_not_reached_penalises_valid_flops_and_warns_on_saturation(train_
     # one progress line per validation of the fit while the target is out of reach
     progress = re.findall(r"quality target val_mse <= 1e-09: \S+ at epoch (\d)", caplog.text)
     assert progress == ["0", "1"], caplog.text
+
+
+def _epochs_logged(path) -> list[int]:
+    lines = [json.loads(ln.removeprefix(":::MLLOG ")) for ln in path.read_text().splitlines()]
+    return [ln["metadata"]["epoch_num"] for ln in lines if ln["key"] == "epoch_stop"]
+
+
+def test_resumed_job_reuses_its_baselines_and_keeps_its_earlier_mllog(train_cfg, tiny_data,
+                                                                       tmp_path, caplog):
+    common = ["trainer.max_steps=-1", "trainer.limit_train_batches=2", *_absolute_target(1e-9)]
+    first = run(train_cfg(*common, "trainer.max_epochs=1"))
+    with caplog.at_level("INFO", logger="src.callbacks.quality"):
+        resumed = run(train_cfg(*common, "trainer.max_epochs=2", "ckpt_path=last"))
+    assert resumed["config"]["global_step"] == 4
+    assert "restored from the checkpoint" in caplog.text
+    kept = [k for k in first["metrics"] if k.startswith("baseline_")]
+    assert "baseline_stats_mse" in kept
+    assert {k: resumed["metrics"][k] for k in kept} == {k: first["metrics"][k] for k in kept}
+    job = tmp_path / "job"
+    assert _epochs_logged(job / "mllog.1.txt") == [1] and _epochs_logged(job / "mllog.txt") == [2]
+    # another split: the checkpoint's baselines do not belong to it, so they are fitted again
+    caplog.clear()
+    with caplog.at_level("INFO", logger="src.callbacks.quality"):
+        other = run(train_cfg(*common, "trainer.max_epochs=3", "ckpt_path=last",
+                              "data.val_fraction=0.5"))
+    assert "restored" not in caplog.text and "quality baselines" in caplog.text
+    val_ids = other["split"]["val_sim_ids"]
+    assert len(val_ids) > 1 and val_ids != first["split"]["val_sim_ids"]  # the first's: [7]
+    assert other["metrics"]["baseline_mean_mse"] == pytest.approx(
+        _training_mean_mse(tiny_data, val_ids), rel=1e-5)
+    assert _epochs_logged(job / "mllog.2.txt") == [2] and _epochs_logged(job / "mllog.txt") == [3]
 
 
 def test_bad_quality_config_is_one_clear_error(tiny_data, tmp_path):

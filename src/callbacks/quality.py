@@ -6,12 +6,15 @@ target relative to a baseline is the same number on every rank. After each valid
 fit it compares the target's metric with the threshold; the first time it is reached it
 records the time since training started (validations included, as MLPerf's time to train),
 the samples and epochs of data seen and the training FLOPs spent, and stops training when
-`early_stop` is set. `finalize_metrics` adds the skill scores and the Valid FLOP/s to the
+`early_stop` is set. The baselines travel in the job's checkpoints: a resumed job reuses them
+when its split and baseline settings are unchanged, instead of fitting the ridge again (minutes
+on a large set). `finalize_metrics` adds the skill scores and the Valid FLOP/s to the
 job's metrics once the final validation is in (src/training/fit.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -64,6 +67,8 @@ class QualityMonitor(Callback):
         self._threshold = self._best = None
         self._started = None
         self._names: list[str] = []
+        self._restored_baselines: dict | None = None  # from a resumed job's checkpoint
+        self._baseline_key = ""
 
     # ---- baselines ----------------------------------------------------------------------
     def _compute_baselines(self, dm) -> dict:
@@ -91,13 +96,27 @@ class QualityMonitor(Callback):
         return {**baseline_metrics(result, dm.param_names), **extra,
                 "baseline_s": time.perf_counter() - start}
 
+    def _split_key(self, dm) -> str:
+        """What the baselines depend on: the split, the samples and the baseline settings."""
+        return json.dumps({
+            "val_sim_ids": sorted(int(i) for i in dm.val_sim_ids),
+            "train_sim_ids": sorted(int(i) for i in dm.train_sim_ids),
+            "n_primary_train": int(getattr(dm, "n_primary_train", len(dm.train_set))),
+            "n_val": len(dm.val_set), "sample_shape": list(dm.sample_shape),
+            "baselines": self.baselines}, sort_keys=True, default=str)
+
     def on_fit_start(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
         self._names = list(dm.param_names)
         self.target.check_params(self._names)
         # a job that never validates (limit_val_batches=0) has no quality to compare
         validates = trainer.limit_val_batches != 0
-        found = self._compute_baselines(dm) if trainer.is_global_zero and validates else None
+        self._baseline_key = self._split_key(dm) if validates else ""
+        restored = self._restored_baselines
+        reuse = bool(restored) and validates and restored.get("key") == self._baseline_key
+        found = None
+        if trainer.is_global_zero and validates:
+            found = dict(restored["metrics"]) if reuse else self._compute_baselines(dm)
         self.metrics.update(trainer.strategy.broadcast(found, src=0) or {})
         self._threshold = self.target.threshold(self.metrics)
         self._n_train = max(1, int(dm.n_train_total))
@@ -109,9 +128,11 @@ class QualityMonitor(Callback):
             stats = self.metrics.get("baseline_stats_mse")
             ridge = "off" if stats is None else (
                 f"{stats:.4g} (fitted on {self.metrics['baseline_train_samples']} training samples)")
+            took = (f"restored from the checkpoint (fitted in {self.metrics['baseline_s']:.0f} s)"
+                    if reuse else f"in {self.metrics['baseline_s']:.0f} s")
             log.info("quality baselines: training mean val MSE %.4g, summary-statistics ridge %s, "
-                     "in %.0f s; target %s <= %.4g", self.metrics["baseline_mean_mse"], ridge,
-                     self.metrics["baseline_s"], self.target.name, self._threshold)
+                     "%s; target %s <= %.4g", self.metrics["baseline_mean_mse"], ridge, took,
+                     self.target.name, self._threshold)
 
     # ---- progress -----------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
@@ -177,11 +198,15 @@ class QualityMonitor(Callback):
 
     # ---- resume -------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        baselines = json.dumps({"key": self._baseline_key, "metrics": self.metrics}, default=float)
         return {"reached": self.reached, "samples_seen": self.samples_seen,
-                "train_s": self._elapsed(), "best": self._best}
+                "train_s": self._elapsed(), "best": self._best, "baselines": baselines}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.reached = dict(state_dict.get("reached") or {})
         self.samples_seen = int(state_dict.get("samples_seen", 0))
         self.train_s = float(state_dict.get("train_s", 0.0))
         self._best = state_dict.get("best")
+        # checkpoints written before the baselines were kept have none: they are fitted again
+        baselines = json.loads(state_dict.get("baselines") or "{}")
+        self._restored_baselines = baselines if baselines.get("metrics") else None
