@@ -1,10 +1,11 @@
 """MLPerfLog: the job's MLPerf HPC log (`:::MLLOG` lines, mlperf_logging.mllog) beside its
 metrics.json, so MLCommons' compliance checker and result tools can read a SAIH-cosmo run.
 
-Only global rank 0 writes. Each start of the job writes a fresh log, so a resumed job's
-log covers the resumed part; the log of an earlier start is kept beside it as mllog.1.txt,
-mllog.2.txt, ... (oldest first), never overwritten. What each key means here, and which checker rules a scaled,
-simulated CosmoFlow cannot pass, is in docs/report.md ("MLPerf HPC log").
+Only global rank 0 writes. Each start of the job writes a fresh log, so a resumed job's log
+covers the resumed part; the log of an earlier start is kept beside it as mllog.1.txt,
+mllog.2.txt, ... (oldest first), never overwritten. What each key means here, and which
+checker rules a scaled, simulated CosmoFlow cannot pass, is in docs/report.md ("MLPerf HPC
+log").
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def keep_earlier_log(path: Path) -> Path | None:
+def keep_earlier_log(path: Path) -> None:
     """Move an existing log out of the way to the first free <stem>.<n><suffix>."""
     if not path.exists():
-        return None
+        return
     n = 1
     while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
         n += 1
     path.rename(kept)
-    return kept
 
 
 def eval_error(metrics, param_names) -> float | None:
