@@ -23,3 +23,15 @@ class RankProbe(L.Callback):
         )
         torch.save({k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()},
                    self.out_dir / f"probe_rank{rank}.pt")
+
+
+class StopAtStep(L.Callback):
+    """Stops training after a given optimizer step the way Lightning's Timer does when the time
+    budget runs out (`should_stop` in `on_train_batch_end`), without depending on the clock."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True

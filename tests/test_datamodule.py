@@ -84,6 +84,16 @@ def test_rank_shards_are_disjoint_equal_and_fixed_across_epochs():
     assert sorted(first) == sorted(second) and first != second  # same shard, new order
 
 
+def test_a_skipped_pass_yields_the_rest_of_the_same_order_once():
+    """A resume inside a cut epoch: that epoch's order again, minus what the cut part trained."""
+    sampler = ShardSampler(40, 1, 2, shuffle=True, seed=5, equal=True)
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    sampler.skip_next(6)
+    assert list(sampler) == whole[6:]
+    assert list(sampler) == whole  # only the one pass is shortened
+
+
 @pytest.mark.parametrize("stage", ["ram", "dir"])
 def test_staging_gives_the_same_samples(tiny_data, tmp_path, stage):
     target = "ram" if stage == "ram" else str(tmp_path / "local")

@@ -67,6 +67,26 @@ def test_resume_from_last_continues_from_the_latest_epoch(train_cfg, tmp_path):
     assert steps == list(range(1, 9))  # the first run's six steps, then two new ones
 
 
+def test_resume_after_a_mid_epoch_stop_finishes_the_cut_epoch(train_cfg, tmp_path, caplog):
+    """A time budget (trainer.max_time) stops a job mid-epoch; Lightning still ends that epoch's
+    hooks and latest.ckpt records it as if it had ended. Resumed, the job must finish the cut
+    epoch, not skip its remaining batches: three epochs of three batches are nine steps, and
+    the cut epoch's resumed part leaves out the one batch of samples already trained."""
+    common = ["trainer.max_steps=-1", "trainer.limit_train_batches=3", "trainer.max_epochs=3",
+              "logger=none"]
+    first = run(train_cfg(*common, "+callbacks.stop._target_=tests.helpers.StopAtStep",
+                          "+callbacks.stop.step=4"))
+    assert first["config"]["global_step"] == 4  # the first epoch and one batch of the second
+    with caplog.at_level("INFO", logger="src.callbacks.checkpoint"):
+        resumed = run(train_cfg(*common, "ckpt_path=last"))
+    assert "resuming inside epoch 1, cut short after 1 batches" in caplog.text
+    assert resumed["config"]["global_step"] == 9 and resumed["config"]["epochs_done"] == 3
+    steps = [point[0] for point in resumed["history"]["train/loss"]]
+    assert steps == list(range(1, 10))
+    # validated at the end of each epoch the run finished, labelled by the epoch's last step
+    assert [point[0] for point in resumed["history"]["val/loss"]][-2:] == [6, 9]
+
+
 def test_logger_none_and_bf16(train_cfg):
     result = run(train_cfg("logger=none", "trainer.precision=bf16-mixed"))
     assert result["config"]["precision"] == "bf16-mixed"

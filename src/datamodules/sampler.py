@@ -18,15 +18,23 @@ class ShardSampler(Sampler):
         if equal:  # lock-step DDP: every rank takes the same number of steps
             self.positions = self.positions[: n // world]
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this each epoch
         self.epoch = epoch
+
+    def skip_next(self, n: int) -> None:
+        """The next pass starts n positions into the epoch's order: resumed inside an epoch a
+        stop cut short, a job trains only the samples the cut part had not
+        (src/callbacks/checkpoint.py). Passes after it are whole again."""
+        self._skip = n
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __iter__(self):
-        if not self.shuffle:
-            return iter(self.positions.tolist())
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.positions))
-        return iter(self.positions[perm].tolist())
+        order = self.positions
+        if self.shuffle:
+            order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
+        skip, self._skip = self._skip, 0
+        return iter(order[skip:].tolist())
