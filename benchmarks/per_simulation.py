@@ -3,6 +3,12 @@ against the summary-statistics ridge, per sub-volume and with each validation si
 sub-volumes pooled (the CNN's predictions averaged; the ridge fitted on averaged statistics).
 
     python -m benchmarks.per_simulation --job outputs/.../small     # a train.py job directory
+    python -m benchmarks.per_simulation --job J --symmetries 8      # each cube's 8 mirror images
+
+With --symmetries 8 or 48 the CNN's prediction for a sub-volume is the mean over its mirror
+images (src/util/symmetry.py), as a job with `quality.val_mirror_images` validates. The ridge's
+statistics (moments, the empty fraction, P(k)) are the same on every image: averaging gives
+it nothing.
 
 The job's own saved config (.hydra/config.yaml) rebuilds its data module and net, so the split,
 transform and labels are the job's; its latest.ckpt (the weights at the end of training, the
@@ -25,10 +31,13 @@ from benchmarks.information import features_and_labels, fit_per_simulation, fit_
 from src.datamodules.split import split_simulations
 from src.quality.baselines import errors, mean_errors
 from src.training.build import build_datamodule, build_module
+from src.util.symmetry import COUNTS
 
 
-def cnn_predictions(job: Path, ckpt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Per validation sub-volume: predictions, labels, file index; and the job's data config."""
+def cnn_predictions(job: Path, ckpt: str, symmetries: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Per validation sub-volume: predictions (the mean over `symmetries` mirror images),
+    labels, file index; and the job's data config."""
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
     cfg.speed.compile = False  # eager weights load the same state dict
     dm = build_datamodule(cfg)
@@ -41,7 +50,7 @@ def cnn_predictions(job: Path, ckpt: str) -> tuple[np.ndarray, np.ndarray, np.nd
     preds, labels = [], []
     with torch.no_grad():
         for x, y in loader:
-            preds.append(module(x).float())
+            preds.append(module.mirrored(x, symmetries))
             labels.append(y)
     return (torch.cat(preds).numpy(), torch.cat(labels).numpy(), dm.val_set.index[:, 0],
             OmegaConf.to_container(cfg.data, resolve=True))
@@ -59,11 +68,13 @@ def main() -> None:
     ap.add_argument("--ckpt", default="latest.ckpt", help="a file in the job's checkpoints/")
     ap.add_argument("--pk-bins", type=int, default=4)
     ap.add_argument("--alpha", type=float, default=1.0, help="the ridge penalty")
+    ap.add_argument("--symmetries", type=int, choices=COUNTS, default=1,
+                    help="average the CNN over each cube's mirror images (1: the cube only)")
     args = ap.parse_args()
     for need in (args.job / ".hydra" / "config.yaml", args.job / "checkpoints" / args.ckpt):
         if not need.is_file():
             ap.error(f"--job {args.job}: no {need.relative_to(args.job)} (a finished train.py job?)")
-    pred, y, file_idx, data_cfg = cnn_predictions(args.job, args.ckpt)
+    pred, y, file_idx, data_cfg = cnn_predictions(args.job, args.ckpt, args.symmetries)
     data = Path(data_cfg["dir"])
     feats, y_sim, ids = features_and_labels(data, args.pk_bins)
     tr, va = split_simulations(ids, data_cfg["val_fraction"], data_cfg["split_seed"], data)
@@ -85,7 +96,8 @@ def main() -> None:
                       "cnn_r2": [float(v) for v in 1 - cnn_mse / ref_mse], "ridge_r2": ridge["r2"]}
     logged = json.loads((args.job / "metrics.json").read_text())["metrics"].get("val/loss")
     print(f"{args.job} ({args.ckpt}) on {data}: {len(va)} validation simulations, {n_sub} "
-          f"sub-volume(s) each; the job's own last val/loss {logged}")
+          f"sub-volume(s) each; the CNN over {args.symmetries} mirror image(s) of each; the "
+          f"job's own last val/loss {logged}")
     for name, row in rows.items():
         cnn_r2 = ", ".join(f"{v:.3f}" for v in row["cnn_r2"])
         ridge_r2 = ", ".join(f"{v:.3f}" for v in row["ridge_r2"])

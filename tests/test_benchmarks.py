@@ -77,6 +77,24 @@ def test_per_simulation_rebuilds_the_job_and_matches_its_val_loss(tiny_data, tmp
     assert pooled["ridge_val_mse"] > 0 and pooled["cnn_val_mse"] > 0
 
 
+def test_a_job_validating_on_mirror_images_is_what_the_benchmark_recomputes(tiny_data, tmp_path):
+    """quality.val_mirror_images=8: the job's val/loss is the MSE of its predictions averaged
+    over each cube's 8 flips, as benchmarks.per_simulation --symmetries 8 recomputes it from
+    the weights and the HDF5 files; the cube alone scores differently."""
+    job = tmp_path / "job"
+    run_script("train.py", f"data.dir={tiny_data}", f"hydra.run.dir={job}", "logger=csv",
+               "trainer.max_epochs=1", "trainer.max_steps=2", "trainer.precision=32-true",
+               "trainer.enable_progress_bar=false", "~callbacks.progress", "data.batch_size=2",
+               "trainer.limit_val_batches=1.0", "quality.val_mirror_images=8")
+    logged = json.loads((job / "metrics.json").read_text())["metrics"]["val/loss"]
+    recomputed = {}
+    for n in (8, 1):
+        out = run_script("-m", "benchmarks.per_simulation", "--job", str(job), "--symmetries", str(n))
+        recomputed[n] = json.loads(out.splitlines()[-1])["per sub-volume"]["cnn_val_mse"]
+    assert abs(recomputed[8] - logged) < 1e-4 * max(1.0, logged)
+    assert abs(recomputed[1] - logged) > 1e-6
+
+
 def test_per_simulation_names_a_job_that_is_not_one(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.per_simulation", "--job",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -129,11 +129,15 @@ def test_resumed_job_reuses_its_baselines_and_keeps_its_earlier_mllog(train_cfg,
     assert _epochs_logged(job / "mllog.2.txt") == [2] and _epochs_logged(job / "mllog.txt") == [3]
 
 
-def test_bad_quality_config_is_one_clear_error(tiny_data, tmp_path):
+@pytest.mark.parametrize("override, named", [
+    ("quality.target.metric=accuracy", "quality.target.metric='accuracy'"),
+    ("quality.val_mirror_images=5", "quality.val_mirror_images=5"),
+])
+def test_bad_quality_config_is_one_clear_error(tiny_data, tmp_path, override, named):
     proc = subprocess.run(
-        [sys.executable, "train.py", f"data.dir={tiny_data}", "quality.target.metric=accuracy",
+        [sys.executable, "train.py", f"data.dir={tiny_data}", override,
          f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("train.py: error:")]
-    assert len(lines) == 1 and "quality.target.metric='accuracy'" in lines[0], proc.stderr[-3000:]
+    assert len(lines) == 1 and named in lines[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

@@ -6,10 +6,12 @@ import logging
 import os
 
 import pytest
+import torch
 
 from src.util import atomic, cpuinfo
 from src.util.fractions import parse_fraction
 from src.util.progress import Progress
+from src.util.symmetry import mirror_images
 
 
 def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
@@ -79,3 +81,22 @@ def test_cpuinfo_reads_this_machine(monkeypatch, tmp_path):
     assert cpuinfo.cpu_signature() == "flags\t\t: a b\nmodel name\t: Test CPU"
     monkeypatch.setattr(cpuinfo, "CPUINFO", tmp_path / "missing")
     assert cpuinfo.cpu_model()  # platform's answer
+
+
+@pytest.mark.parametrize("n", [1, 8, 48])
+def test_mirror_images_are_distinct_rearrangements_of_each_cube_the_cube_first(n):
+    x = torch.arange(2 * 3 * 4 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4, 4)
+    images = list(mirror_images(x, n))
+    assert len(images) == n and torch.equal(images[0], x)
+    assert len({tuple(im.flatten().tolist()) for im in images}) == n
+    for im in images:  # the same voxels of each channel of each cube, only moved
+        assert im.shape == x.shape
+        assert torch.equal(im.flatten(2).sort().values, x.flatten(2).sort().values)
+        # a cube's voxel at one corner stays at some corner (axes flipped or reordered)
+        corners = im[:, :, [0, -1]][:, :, :, [0, -1]][:, :, :, :, [0, -1]]
+        assert x[0, 0, 0, 0, 0] in corners[0, 0]
+
+
+def test_mirror_images_refuses_another_count():
+    with pytest.raises(ValueError, match="choose one of"):
+        next(mirror_images(torch.zeros(1, 1, 2, 2, 2), 5))

@@ -4,7 +4,8 @@ MSE on labels normalised to [-1, 1]; validation MAE per parameter in normalised 
 units; the configured optimizer (`optim`, a Hydra `_partial_`: it gets the parameters here)
 with an optional LARS trust ratio on its update (`lars`); linear warm-up then a configurable
 decay (`schedule`), scaled with the global batch (`schedule.lr_scaling`); a warning when the
-predictions saturate a bounded (tanh) head.
+predictions saturate a bounded (tanh) head; validation predictions averaged over mirror images
+of each cube (`quality.val_mirror_images`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from src.errors import ConfigError
 from src.models.lars import clip_relative_update_, lars_targets
+from src.util.symmetry import COUNTS, mirror_images
 
 DECAYS = ("constant", "cosine", "linear")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -60,8 +62,12 @@ class CosmoRegressor(L.LightningModule):
         lr_reference_batch: int = 4,
         batch_size: int = 1,
         channels_last: bool = False,
+        val_mirror_images: int = 1,
     ):
         super().__init__()
+        if val_mirror_images not in COUNTS:
+            raise ConfigError(f"quality.val_mirror_images={val_mirror_images!r}; choose one of "
+                              f"{COUNTS} (the cube only, its axis flips, flips x axis orders)")
         if decay not in DECAYS:
             raise ConfigError(f"schedule.decay={decay!r}; choose one of {DECAYS}")
         if lr_scaling not in LR_SCALINGS:
@@ -84,6 +90,7 @@ class CosmoRegressor(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.channels_last = channels_last
+        self.val_mirror_images = val_mirror_images
         self._saturation_warned = False
         # the step of the last validation in fit: the final one (src/training/fit.py) is
         # skipped when the weights have not moved since
@@ -93,6 +100,10 @@ class CosmoRegressor(L.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net(x)
+
+    def mirrored(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The mean float32 prediction over the first n mirror images of each cube."""
+        return torch.stack([self(image).float() for image in mirror_images(x, n)]).mean(0)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -122,7 +133,7 @@ class CosmoRegressor(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        pred = self(x).float()
+        pred = self.mirrored(x, self.val_mirror_images)
         n = len(x)
         self.log("val/loss", nn.functional.mse_loss(pred, y), prog_bar=True, sync_dist=True, batch_size=n)
         abs_err = (pred - y).abs().mean(dim=0)

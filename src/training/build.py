@@ -42,7 +42,10 @@ def build_module(cfg: DictConfig, dm) -> CosmoRegressor:
                           lars=OmegaConf.to_container(cfg.lars, resolve=True),
                           **OmegaConf.to_container(cfg.schedule, resolve=True),
                           batch_size=dm.batch_size,  # per device: the lr scaling's global batch
-                          channels_last=bool(speed.channels_last))
+                          channels_last=bool(speed.channels_last),
+                          # a job saved before the knob existed validated on the cube only
+                          val_mirror_images=OmegaConf.select(cfg, "quality.val_mirror_images",
+                                                             default=1))
 
 
 def apply_speed_settings(speed) -> None:
