@@ -59,7 +59,7 @@ class LatestCheckpoint(ModelCheckpoint):
             return
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        if not hasattr(sampler, "skip_next"):
+        if not hasattr(sampler, "skip_next") or not getattr(loader, "batch_size", None):
             log.warning("resuming inside epoch %d after %d batches: this loader's sampler cannot "
                         "skip them, so the epoch's first samples train again", trainer.current_epoch,
                         skip)
