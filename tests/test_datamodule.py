@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from src.datamodules.cosmo import CosmoDataModule
+from src.datamodules.dataset import CosmoDataset
 from src.datamodules.sampler import ShardSampler
 from src.datamodules.split import data_fraction
 from src.dist import EMULATED_FLAG
@@ -149,6 +151,70 @@ def test_augment_is_reproducible_from_the_seed(tiny_data):
 
     assert torch.equal(draw(1), draw(1))
     assert not torch.equal(draw(1), draw(2))
+
+
+def test_random_shift_cuts_each_sample_from_its_simulations_box(tiny_data):
+    """A shifted sample is a 16³ region of its simulation's periodic 32³ box, at its own
+    sub-volume's corner moved by 0..15 voxels per axis, wrapping round; its label stays."""
+    plain = make_dm(tiny_data, transform="none")
+    shifted = make_dm(tiny_data, transform="none", random_shift=True)
+    torch.manual_seed(0)
+    moved = 0
+    for i in range(0, len(plain.train_set), 7):
+        file_idx, sub = (int(v) for v in plain.train_set.index[i])
+        subs = read_simulation(plain.train_set.files[file_idx])[0]  # [8, 1, 16, 16, 16]
+        box = subs.reshape(2, 2, 2, 1, 16, 16, 16).transpose(3, 0, 4, 1, 5, 2, 6).reshape(1, 32, 32, 32)
+        x, y = shifted.train_set[i]
+        assert torch.equal(y, plain.train_set[i][1])
+        corner = np.array(np.unravel_index(sub, (2, 2, 2))) * 16
+        twice = np.tile(box, (1, 2, 2, 2))  # every 16³ region of the periodic box, unwrapped
+        offsets = [o for o in np.ndindex(16, 16, 16) if np.array_equal(
+            twice[:, corner[0] + o[0]:, corner[1] + o[1]:, corner[2] + o[2]:][:, :16, :16, :16], x.numpy())]
+        assert len(offsets) == 1
+        moved += offsets[0] != (0, 0, 0)
+    assert moved >= 7  # of 8 draws: not the fixed sub-volumes
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_random_shift_reads_the_same_box_staged_or_not(tiny_data, world):
+    """Staged in RAM, a rank's shard lacks some sub-volumes of its simulations' boxes (with two
+    ranks): those come from the files, and every sample is what reading the files gives."""
+    plain = make_dm(tiny_data, world=world, random_shift=True)
+    staged = make_dm(tiny_data, world=world, random_shift=True, stage="ram")
+    assert staged.train_set.cache
+    for i in staged.train_dataloader().sampler.positions[:6]:
+        torch.manual_seed(int(i))
+        a = plain.train_set[int(i)][0]
+        torch.manual_seed(int(i))
+        assert torch.equal(a, staged.train_set[int(i)][0])
+
+
+def test_random_shift_leaves_gan_cubes_as_they_are(tiny_data, tmp_path):
+    """A GAN file's cubes are drawn one by one, not cut from one box: in an extra training
+    dir they are read unshifted, while data.dir's simulations are shifted."""
+    extra = tmp_path / "gan"
+    write_synthetic_dataset(extra, n_sims=2, size=16, seed=9)
+    manifest = json.loads((extra / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        entry["method"] = "gan"
+    (extra / "manifest.json").write_text(json.dumps(manifest))
+    dm = make_dm(tiny_data, transform="none", random_shift=True, extra_train_dirs=[str(extra)])
+    ds = dm.train_set
+    torch.manual_seed(0)
+    first_gan = dm.n_primary_train
+    assert len(ds) == first_gan + 16
+    for i in range(first_gan, len(ds)):
+        assert np.array_equal(ds[i][0].numpy(), ds.read_raw(i))
+    assert sum(not np.array_equal(ds[i][0].numpy(), ds.read_raw(i)) for i in range(8)) >= 7
+
+
+def test_random_shift_with_a_fraction_or_a_partial_box_is_a_clear_error(tiny_data):
+    with pytest.raises(DataError, match=r"data.random_shift=true .* data.fraction=1/2"):
+        make_dm(tiny_data, random_shift=True, fraction="1/2")
+    dm = make_dm(tiny_data)
+    partial = dm.train_set.index[dm.train_set.index[:, 1] != 3]
+    with pytest.raises(DataError, match=r"sim_.*h5: a random shift .* \[0, 1, 2, 4, 5, 6, 7\]"):
+        CosmoDataset(dm.train_set.files, partial, np.zeros((8, 3)), shift_files=range(8))
 
 
 def test_fewer_validation_samples_than_ranks_is_a_clear_error(tiny_data):

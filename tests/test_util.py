@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 
+from src.sim.mesh import split_subvolumes
 from src.util import atomic, cpuinfo
 from src.util.fractions import parse_fraction
 from src.util.progress import Progress
-from src.util.symmetry import mirror_images
+from src.util.symmetry import mirror_images, periodic_crop
 
 
 def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
@@ -100,3 +102,21 @@ def test_mirror_images_are_distinct_rearrangements_of_each_cube_the_cube_first(n
 def test_mirror_images_refuses_another_count():
     with pytest.raises(ValueError, match="choose one of"):
         next(mirror_images(torch.zeros(1, 1, 2, 2, 2), 5))
+
+
+@pytest.mark.parametrize("origin", [(0, 0, 0), (4, 0, 4), (6, 7, 5), (3, 1, 2), (12, 8, 10)])
+def test_periodic_crop_is_the_region_of_the_tiled_box_wrapping_round(origin):
+    box = torch.arange(2 * 8**3, dtype=torch.float32).reshape(2, 8, 8, 8)
+    subs = split_subvolumes(box, 8).numpy()  # the generator's tiling, (i, j, k) row-major
+    touched = []
+
+    def read_sub(k):
+        touched.append(k)
+        return subs[k]
+
+    crop = periodic_crop(read_sub, 2, origin, 4)
+    rolled = np.roll(box.numpy(), [-o for o in origin], axis=(1, 2, 3))
+    assert np.array_equal(crop, rolled[:, :4, :4, :4])
+    # only the sub-volumes the region touches are read: 1 at a corner, 8 inside no face
+    aligned = sum(o % 4 == 0 for o in origin)
+    assert len(touched) == len(set(touched)) == 2 ** (3 - aligned)

@@ -41,6 +41,7 @@ class CosmoDataModule(L.LightningDataModule):
         split_seed: int = 0,
         transform: str = "log1p",
         augment: bool = False,
+        random_shift: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
@@ -61,6 +62,11 @@ class CosmoDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.val_fraction, self.split_seed = float(val_fraction), split_seed
         self.transform, self.augment = transform, augment
+        self.random_shift = bool(random_shift)
+        if self.random_shift and self.fraction != 1.0:
+            raise DataError(
+                f"data.random_shift=true cuts each sample from its simulation's whole box, which "
+                f"would train on sub-volumes outside data.fraction={fraction}: use one or the other")
         workers = int(num_workers)
         # the DataLoader arguments every loader of this module shares
         self._loader_args = {
@@ -169,7 +175,8 @@ class CosmoDataModule(L.LightningDataModule):
                                        getattr(self, "trainer", None), self.stage_ram_max_frac)
         if self.staged_to:  # the time goes into metrics as `staging_s`
             files, cache, self.staging_s = stage_shard(self.staged_to, files, mine, train_index)
-        self.train_set = CosmoDataset(files, train_index, labels, self.transform, self.augment, cache)
+        self.train_set = CosmoDataset(files, train_index, labels, self.transform, self.augment,
+                                      cache, self._tiled_files() if self.random_shift else ())
         self.val_set = CosmoDataset(files, sample_index(val_sims, n_subs), labels, self.transform)
         if 0 < len(self.val_set) < world:  # a rank without a batch would hang the metric reduce
             raise DataError(
@@ -180,6 +187,12 @@ class CosmoDataModule(L.LightningDataModule):
             "data: %d train samples (fraction %g of %d), %d val samples, world %d",
             n_take, self.fraction, len(train_all), len(self.val_set), world,
         )
+
+    def _tiled_files(self) -> list[int]:
+        """Indices (data.dir's files, then each extra dir's) of the files whose sub-volumes tile
+        one periodic simulation box; a GAN file's cubes are drawn one by one, so they don't."""
+        entries = [*self.manifest["files"], *(e for _, m in self.extra for e in m["files"])]
+        return [i for i, e in enumerate(entries) if e.get("method", "simulation") == "simulation"]
 
     def _add_extra(self, files: list, labels: np.ndarray, train_index: np.ndarray):
         """Append every sub-volume of the extra dirs to the training index (after the split and
